@@ -1,0 +1,104 @@
+"""Import a diffusers-layout Wan transformer (config.json + safetensors, sharded or not) from a local path.
+
+    python -m wam_jax import-wan --src /path/to/Wan2.1-T2V-1.3B-Diffusers/transformer --out ckpt/wan13b
+
+Every tensor is checked by name and shape; all problems are collected and reported together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Iterable
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from wam_jax import checkpoint
+from wam_jax.interop import safetensors_io
+from wam_jax.interop.wan_layout import get_path, torch_shape, torch_to_flax, wan_entries
+from wam_jax.models.wan_dit import WanConfig, abstract_params
+
+KIND = "wan_transformer"
+
+
+class WeightMismatchError(ValueError):
+    """Checkpoint tensors do not match the model: lists every missing, unexpected and mis-shaped tensor."""
+
+
+def read_diffusers_config(src: str) -> dict[str, Any]:
+    path = os.path.join(src, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{src!r} holds no config.json: point --src at the diffusers 'transformer' folder")
+    with open(path) as f:
+        return json.load(f)
+
+
+def convert_wan_state(tensors: Iterable[tuple[str, np.ndarray]], cfg: WanConfig, dtype=np.float32) -> dict:
+    """diffusers tensors (name, array) → our unboxed Flax params tree (numpy), validating names and shapes."""
+    shapes = nn.unbox(abstract_params(cfg))
+    entries = {e.torch_name: e for e in wan_entries(cfg)}
+    out = jax.tree.map(lambda s: np.zeros(s.shape, dtype), shapes)
+    seen, unexpected, mismatched = set(), [], []
+    for name, value in tensors:
+        entry = entries.get(name)
+        if entry is None:
+            unexpected.append(f"{name} {tuple(value.shape)}")
+            continue
+        leaf = get_path(out, entry.flax_path)
+        want = torch_shape(entry, leaf.shape, cfg)
+        if tuple(value.shape) != tuple(want):
+            mismatched.append(f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(want)}")
+            continue
+        converted = torch_to_flax(entry, np.asarray(value, np.float32), cfg).astype(dtype)
+        if entry.layer is None:
+            leaf[...] = converted
+        else:
+            leaf[entry.layer] = converted
+        seen.add(name)
+    missing = [f"{n} {torch_shape(e, get_path(out, e.flax_path).shape, cfg)}"
+               for n, e in entries.items() if n not in seen]
+    if missing or unexpected or mismatched:
+        parts = []
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
+                parts.append(f"  {title} ({len(items)}):\n    {shown}")
+        raise WeightMismatchError("Wan checkpoint does not match the model config:\n" + "\n".join(parts))
+    return out
+
+
+def import_wan(src: str, out: str | None = None, dtype: str = "float32", **numerics) -> tuple[WanConfig, dict]:
+    """Reads a diffusers Wan transformer directory; writes an Orbax params checkpoint to `out` if given."""
+    cfg = WanConfig.from_diffusers(read_diffusers_config(src), **numerics)
+    params = convert_wan_state(safetensors_io.iter_directory(src), cfg, np.dtype(jax.numpy.dtype(dtype)))
+    if out is not None:
+        checkpoint.save_params(out, params, {"kind": KIND, "config": cfg.to_diffusers(), "source": os.path.abspath(src),
+                                             "scan_layers": cfg.scan_layers, "dtype": dtype})
+    return cfg, params
+
+
+def load_wan(directory: str, **numerics) -> tuple[WanConfig, Any]:
+    """Loads a checkpoint written by `import_wan` (or the Wan part of an exported/trained model)."""
+    meta = checkpoint.load_meta(directory)
+    if meta.get("kind") != KIND:
+        raise checkpoint.CheckpointError(f"{directory!r} holds a {meta.get('kind')!r} checkpoint, not {KIND!r}")
+    cfg = WanConfig.from_diffusers(meta["config"], scan_layers=meta.get("scan_layers", True), **numerics)
+    params, _ = checkpoint.load_params(directory)
+    return cfg, params
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wam_jax import-wan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", required=True, help="diffusers transformer folder (config.json + *.safetensors)")
+    parser.add_argument("--out", required=True, help="output checkpoint folder (must not exist yet)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="stored parameter dtype")
+    parser.add_argument("--no-scan", action="store_true", help="store per-layer params instead of a stacked scan")
+    args = parser.parse_args(argv)
+    cfg, params = import_wan(args.src, args.out, args.dtype, scan_layers=not args.no_scan)
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    print(f"imported Wan transformer: {cfg.num_layers} layers, dim {cfg.dim}, {n / 1e6:.2f}M params → {args.out}")
+    return 0
