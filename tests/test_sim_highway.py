@@ -1,0 +1,174 @@
+"""highway-env wrapper: determinism, frames, frames of reference, intents, expert and waypoint tracker."""
+
+import math
+
+import numpy as np
+import pytest
+
+from highway_env.vehicle.behavior import IDMVehicle
+
+from wam_jax.sim import highway as hw
+
+CFG = hw.HighwaySimConfig(vehicles=12, duration_s=10.0)
+EMPTY = hw.HighwaySimConfig(vehicles=0, duration_s=10.0)
+
+
+def _drive_expert(cfg, seed, steps):
+    env = hw.make_env(cfg, seed)
+    states, frames, actions = [hw.ego_state(env)], [hw.render_frame(env, cfg)], []
+    for _ in range(steps):
+        a = hw.expert_action(env, cfg)
+        env.step(a)
+        actions.append(a)
+        states.append(hw.ego_state(env))
+        frames.append(hw.render_frame(env, cfg))
+    return states, np.stack(frames), np.stack(actions), hw.other_vehicles(env)
+
+
+def test_same_seed_same_states_and_frames():
+    s1, f1, a1, o1 = _drive_expert(CFG, 7, 12)
+    s2, f2, a2, o2 = _drive_expert(CFG, 7, 12)
+    assert s1 == s2
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(o1, o2)
+    # A different seed gives a different scene.
+    a, b = hw.other_vehicles(hw.make_env(CFG, 7)), hw.other_vehicles(hw.make_env(CFG, 8))
+    assert a.shape == b.shape and not np.allclose(a, b)
+
+
+def test_frames_are_not_blank_and_show_the_ego():
+    env = hw.make_env(CFG, 0)
+    frame = hw.render_frame(env, CFG)
+    assert frame.dtype == np.uint8 and frame.shape == (*CFG.image_size, 3)
+    assert frame.std() > 5.0
+    assert len(np.unique(frame.reshape(-1, 3), axis=0)) >= 4
+    col, row = np.round(hw.world_to_pixel(hw.ego_pose(env)[:2], hw.ego_pose(env)[:2], CFG)).astype(int)
+    r, g, b = (int(c) for c in frame[row, col])
+    assert g > r + 60 and g > b + 60, f"ego pixel should be green, got {(r, g, b)}"
+    # A different image size is honoured.
+    cfg = hw.HighwaySimConfig(vehicles=4, image_size=(32, 48), supersample=2)
+    assert hw.render_frame(hw.make_env(cfg, 0), cfg).shape == (32, 48, 3)
+
+
+def test_ego_frame_waypoints_on_hand_made_poses():
+    cur = np.array([10.0, 5.0, 0.0])
+    # Straight ahead along +x; a point 4 m to the world's +y is 4 m to the ego's RIGHT (y_ego = -4).
+    out = hw.ego_frame_waypoints(np.array([[20.0, 5.0, 0.0], [20.0, 9.0, 0.1]]), cur)
+    np.testing.assert_allclose(out, [[10.0, 0.0, 0.0], [10.0, -4.0, -0.1]], atol=1e-12)
+    # Heading +90 deg in highway-env (y down) faces world +y; the ego's left is then world +x.
+    cur = np.array([10.0, 5.0, math.pi / 2])
+    out = hw.ego_frame_waypoints(np.array([[10.0, 15.0, math.pi / 2], [20.0, 5.0, 0.0]]), cur)
+    np.testing.assert_allclose(out, [[10.0, 0.0, 0.0], [0.0, 10.0, math.pi / 2]], atol=1e-12)
+    # Round trip through world_from_ego.
+    rng = np.random.default_rng(0)
+    poses = np.concatenate([rng.normal(size=(5, 2)) * 20, rng.uniform(-3, 3, size=(5, 1))], axis=1)
+    back = hw.world_from_ego(hw.ego_frame_waypoints(poses, cur), cur)
+    np.testing.assert_allclose(back[:, :2], poses[:, :2], atol=1e-9)
+    np.testing.assert_allclose(np.cos(back[:, 2] - poses[:, 2]), 1.0, atol=1e-9)
+
+
+def _track(waypoints, seed=0):
+    env = hw.make_env(EMPTY, seed)
+    p0, v0 = hw.ego_pose(env), hw.ego_state(env).speed
+    tracker = hw.WaypointTracker(EMPTY)
+    tracker.set_plan(waypoints, EMPTY.waypoint_times, p0, v0)
+    poses = []
+    for i in range(EMPTY.steps_per_chunk):
+        a = tracker(hw.ego_pose(env), hw.ego_state(env).speed, i * EMPTY.dt)
+        assert np.all(np.abs(a) <= 1.0)
+        env.step(a)
+        poses.append(hw.ego_pose(env))
+    driven = hw.ego_frame_waypoints(np.array(poses), p0)
+    k = EMPTY.steps_per_waypoint
+    return driven[k - 1 :: k], driven
+
+
+def test_tracker_follows_straight_lane_change_and_braking():
+    t = EMPTY.waypoint_times
+    v = 25.0  # highway-env's initial ego speed
+    straight = np.stack([v * t, 0 * t, 0 * t], 1)
+    got, _ = _track(straight)
+    assert np.abs(got - straight)[:, :2].max() < 0.3
+    y = 4.0 * (0.5 - 0.5 * np.cos(np.pi * np.clip(t / 3.0, 0, 1)))  # one lane to the left in 3 s
+    change = np.stack([v * t, y, 0 * t], 1)
+    got, driven = _track(change)
+    assert np.abs(got[:, 1] - change[:, 1]).max() < 0.5, got
+    assert np.abs(got[:, 0] - change[:, 0]).max() < 0.5
+    assert driven[:, 1].max() > 3.5  # really left (ego y > 0)
+    brake = np.stack([v * t - 1.5 * t**2, 0 * t, 0 * t], 1)  # -3 m/s^2
+    got, _ = _track(brake)
+    assert np.abs(got[:, 0] - brake[:, 0]).max() < 1.0, got[:, 0] - brake[:, 0]
+
+
+def test_intent_from_constructed_futures():
+    t = EMPTY.waypoint_times
+    v = 25.0
+    keep = np.stack([v * t, 0.3 * np.sin(t), 0 * t], 1)
+    assert hw.intent_from_future(keep, v, EMPTY).command == "keep lane"
+    left = np.stack([v * t, np.minimum(t, 1.0) * 4.0, 0 * t], 1)
+    assert hw.intent_from_future(left, v, EMPTY).command == "change lane left"
+    right = left * np.array([1.0, -1.0, 1.0])
+    assert hw.intent_from_future(right, v, EMPTY).command == "change lane right"
+    slow = np.stack([v * t - 2.0 * t**2, 0 * t, 0 * t], 1)
+    assert hw.intent_from_future(slow, v, EMPTY) == hw.Intent("slow down", "slow down")
+    assert hw.intent_from_future(keep, v, EMPTY, lead_gap=20.0).text == "keep lane, follow the car ahead"
+    # Through scene_intent with world poses: world -y is the ego's left.
+    env = hw.make_env(EMPTY, 0)
+    p = hw.ego_pose(env)
+    world_left = np.stack([p[0] + v * t, p[1] - np.minimum(t, 1.0) * 4.0, 0 * t + p[2]], 1)
+    assert hw.scene_intent(env, EMPTY, world_left).command == "change lane left"
+    assert hw.Intent("slow down", "").index == hw.INTENTS.index("slow down")
+
+
+def _add_lead(env, gap, speed):
+    u = env.unwrapped
+    ego = u.vehicle
+    lane = u.road.network.get_lane(ego.lane_index)
+    s, _ = lane.local_coordinates(ego.position)
+    lead = IDMVehicle(u.road, lane.position(s + gap + ego.LENGTH, 0), lane.heading_at(s), speed)
+    u.road.vehicles.append(lead)
+    return lead
+
+
+def test_intent_from_scene_rules():
+    one_lane = hw.HighwaySimConfig(vehicles=0, lanes=1)
+    env = hw.make_env(one_lane, 0)
+    assert hw.intent_from_scene(env).command == "keep lane"
+    _add_lead(env, gap=15.0, speed=10.0)
+    assert hw.intent_from_scene(env).command == "slow down"
+    env = hw.make_env(hw.HighwaySimConfig(vehicles=0, lanes=3), 0)
+    ego_lane = hw.ego_state(env).lane
+    _add_lead(env, gap=15.0, speed=10.0)
+    command = hw.intent_from_scene(env).command
+    assert command.startswith("change lane"), command
+    assert command == ("change lane left" if ego_lane > 0 else "change lane right")
+    env = hw.make_env(one_lane, 0)
+    _add_lead(env, gap=45.0, speed=25.0)
+    assert hw.intent_from_scene(env) == hw.Intent("keep lane", "keep lane, follow the car ahead")
+
+
+def test_expert_future_matches_expert_rollout_and_record():
+    env = hw.make_env(CFG, 3)
+    future = hw.expert_future(env, CFG, steps=15)
+    driven = []
+    for _ in range(15):
+        env.step(hw.expert_action(env, CFG))
+        driven.append(hw.ego_pose(env))
+    np.testing.assert_allclose(future, np.array(driven), atol=1e-9)
+    rec = hw.record_expert_episode(CFG, 3, steps=20)
+    np.testing.assert_allclose(rec.poses[1:16], future, atol=1e-9)
+    assert rec.frames.shape == (20 // CFG.steps_per_frame + 1, *CFG.image_size, 3)
+    np.testing.assert_array_equal(rec.frame_steps, np.arange(0, 21, CFG.steps_per_frame))
+    assert rec.actions.shape == (20, 2) and np.all(np.abs(rec.actions) <= 1)
+    with pytest.raises(IndexError):
+        rec.chunk_waypoints(0, CFG)  # 20 steps < one 40-step chunk
+    wp = hw.record_expert_episode(CFG, 3, steps=45, render=False).chunk_waypoints(2, CFG)
+    assert wp.shape == (CFG.waypoints_per_chunk, 3) and wp[-1, 0] > 40.0  # moving forward
+
+
+def test_config_validation_speaks_up():
+    with pytest.raises(ValueError, match="frame_hz"):
+        hw.HighwaySimConfig(frame_hz=4.0)
+    with pytest.raises(ValueError, match="waypoints_per_chunk"):
+        hw.HighwaySimConfig(waypoints_per_chunk=6)
