@@ -1,0 +1,145 @@
+"""highway-env expert driving → clip records (through `wam_jax.sim.highway`, the one module that knows the sim).
+
+Clip i is one expert episode (IDM + MOBIL ego, `record_expert_episode`) from seed `seed + i` (a seed whose
+episode crashes or ends early is replaced by the next unused seed, `seed + num_clips + j`, so the dataset is
+reproducible). After `warmup_s` seconds the clip records `num_chunks` chunks of `chunk_s` seconds:
+
+    frames         ego-centred BEV renders at `frame_hz` (T = num_chunks * chunk_s * frame_hz), chunk n's
+                   frames are the chunk_s seconds after its start (chunk_start[n] = n * frames per chunk)
+    waypoints      the expert's next `waypoints_per_chunk` poses at `waypoint_hz` in the ego frame at the chunk
+                   start (x forward, y left), the episode's own future
+    intent         the chunk's scene-rule intent (`intent_from_future`), one of `sim.highway.INTENTS`; the
+                   dataset metadata carries that tuple as its `intent_vocab`; the phrases are in meta
+    command        left for "change lane left", right for "change lane right", straight otherwise
+    actions        the normalised (acceleration, steering) action applied at each frame's state
+    ego_pose       poses of the frames in the first frame's ego frame; ego_velocity by forward difference
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Iterator
+
+import numpy as np
+
+from data_pipelines import builders, schema
+
+log = logging.getLogger(__name__)
+
+INTENT_TO_COMMAND = {"change lane left": 0, "change lane right": 2}
+
+
+@dataclasses.dataclass(eq=False)
+class HighwayConfig(builders.ClipBuilderConfig):
+    num_clips: int = 8
+    num_chunks: int = 3
+    warmup_s: float = 0.0
+    seed: int = 0
+    env_id: str = "highway-v0"
+    lanes: int = 4
+    vehicles: int = 30
+    density: float = 1.0
+    sim_hz: int = 10
+    control_hz: int = 10
+    frame_hz: float = 5.0
+    image_size: tuple[int, int] = (64, 64)
+    scaling: float = 1.5
+    supersample: int = 4
+    chunk_s: float = 4.0
+    waypoints_per_chunk: int = 8
+    waypoint_hz: float = 2.0
+    expert_target_speed: float = 30.0
+    frame_codec: str = "png"
+
+
+def sim_config(config: HighwayConfig, seed: int):
+    from wam_jax.sim import highway as sim
+
+    return sim.HighwaySimConfig(
+        env_id=config.env_id, lanes=config.lanes, vehicles=config.vehicles, density=config.density,
+        sim_hz=config.sim_hz, control_hz=config.control_hz,
+        duration_s=config.warmup_s + config.num_chunks * config.chunk_s + 1.0, frame_hz=config.frame_hz,
+        image_size=tuple(config.image_size), scaling=config.scaling, supersample=config.supersample,
+        chunk_s=config.chunk_s, waypoints_per_chunk=config.waypoints_per_chunk, waypoint_hz=config.waypoint_hz,
+        seed=seed, expert_target_speed=config.expert_target_speed)
+
+
+def make_clip(config: HighwayConfig, seed: int, env=None) -> schema.ClipRecord | None:
+    """The clip driven from `seed`, or None when the expert crashed or the episode ended early."""
+    from wam_jax.sim import highway as sim
+
+    cfg = sim_config(config, seed)
+    warmup = int(round(config.warmup_s * cfg.control_hz))
+    if warmup % cfg.steps_per_frame:
+        raise ValueError(f"warmup_s={config.warmup_s} must be a multiple of the frame period 1/{cfg.frame_hz} s")
+    spc = cfg.steps_per_chunk
+    steps = warmup + config.num_chunks * spc
+    episode = sim.record_expert_episode(cfg, seed, steps=steps, env=env)
+    if len(episode.poses) < steps + 1 or bool(np.any(episode.crashed)):
+        return None
+    keep = (episode.frame_steps >= warmup) & (episode.frame_steps < steps)
+    frame_steps = episode.frame_steps[keep]
+    frames = episode.frames[keep]
+    starts = warmup + np.arange(config.num_chunks) * spc
+    waypoints = np.stack([episode.chunk_waypoints(int(s), cfg) for s in starts])
+    intents = [episode.chunk_intent(int(s), cfg) for s in starts]
+    poses = episode.poses
+    ego_pose = sim.ego_frame_waypoints(poses[frame_steps], poses[frame_steps[0]])
+    velocity = np.stack([sim.ego_frame_waypoints(poses[t + 1][None], poses[t])[0, :2] / cfg.dt for t in frame_steps])
+    frames_per_chunk = spc // cfg.steps_per_frame
+    return schema.ClipRecord(
+        source="highway",
+        clip_id=f"{config.env_id}-seed{seed}",
+        timestamps_us=np.round((frame_steps - warmup) * cfg.dt * 1e6).astype(np.int64),
+        ego_pose=ego_pose.astype(np.float32),
+        ego_velocity=velocity.astype(np.float32),
+        chunk_start=(np.arange(config.num_chunks) * frames_per_chunk).astype(np.int32),
+        waypoints=waypoints.astype(np.float32),
+        waypoint_dt=1.0 / cfg.waypoint_hz,
+        command=np.asarray([INTENT_TO_COMMAND.get(i.command, 1) for i in intents], np.int32),
+        frames=frames,
+        intent=[i.command for i in intents],
+        actions=episode.actions[frame_steps].astype(np.float32),
+        camera_names=["bev"],
+        meta={"seed": int(seed), "intent_text": [i.text for i in intents], "sim": _jsonable(sim.describe_config(cfg)),
+              "lanes": episode.lanes[frame_steps].tolist(), "warmup_steps": warmup},
+    )
+
+
+def _jsonable(d):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def iter_clips(config: HighwayConfig) -> Iterator[tuple[str, schema.ClipRecord]]:
+    from wam_jax.sim import highway as sim
+
+    env = sim.make_env(sim_config(config, config.seed), config.seed)
+    spare = config.seed + max(config.num_clips, 1)
+    try:
+        for i in range(config.num_clips):
+            seed = config.seed + i
+            for _ in range(10):
+                clip = make_clip(config, seed, env)
+                if clip is not None:
+                    break
+                log.info("highway seed %d crashed or ended early; using seed %d instead", seed, spare)
+                seed, spare = spare, spare + 1
+            else:
+                raise RuntimeError(f"highway clip {i}: 10 seeds in a row crashed; check the sim config")
+            yield f"{i:06d}", clip
+    finally:
+        env.close()
+
+
+def intent_vocab() -> tuple[str, ...]:
+    from wam_jax.sim import highway as sim
+
+    return tuple(sim.INTENTS)
+
+
+class WamHighway(builders.ClipDatasetBuilder):
+    """highway-env expert clips as clip records (BEV frames, waypoints, intents per chunk)."""
+
+    def _generate_clips(self):
+        return iter_clips(self.builder_config)
