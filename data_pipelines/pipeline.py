@@ -541,6 +541,33 @@ def make_pipeline(config: PipelineConfig | Mapping[str, Any] | Any) -> ClipPipel
     return ClipPipeline(_as_config(config))
 
 
+# Keys of config.data that belong to wam_jax.data's synthetic source, not to this pipeline.
+_TRAINER_DATA_KEYS = ("source", "num_clips", "chunk_seconds")
+
+
+def make_train_iterator(config, process_index: int = 0, process_count: int = 1) -> BatchIterator:
+    """The trainer's entry (wam_jax.data.make_iterator with config.data.source == "tfds").
+
+    config.data holds `PipelineConfig` fields (data_dir required); batch_size is this process's share of
+    config.train.batch_size, the shard is (process_index, process_count), and chunks_per_example defaults to
+    config.chunks. Checks that the dataset's waypoints per chunk match config.wam.waypoints_per_chunk."""
+    data = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
+    fields = {k: v for k, v in data.items() if k not in _TRAINER_DATA_KEYS}
+    if "batch_size" in fields:
+        raise PipelineError("set the batch size in config.train.batch_size (global), not config.data.batch_size")
+    fields["batch_size"] = int(config.train.batch_size) // int(process_count)
+    fields["shard_index"], fields["shard_count"] = int(process_index), int(process_count)
+    if not fields.get("chunks_per_example") and "chunks" in config:
+        fields["chunks_per_example"] = int(config.chunks)
+    pipe = make_pipeline(fields)
+    want = config.get("wam", {}).get("waypoints_per_chunk") if hasattr(config, "get") else None
+    have = pipe.spec["shapes"]["waypoints"][1]
+    if want is not None and int(want) != have:
+        raise PipelineError(f"{pipe.dataset_dir} has {have} waypoints per chunk, config.wam.waypoints_per_chunk is "
+                            f"{want}; build the dataset to match or change the model config")
+    return pipe.iterator()
+
+
 def iter_clips(data_dir: str, split: str = "train", decode_frames: bool = True) -> Iterator[schema.ClipRecord]:
     """Every clip of a dataset in storage order (validated), for inspection and tests."""
     pipe = make_pipeline({"data_dir": data_dir, "split": split, "batch_size": 1, "shard_index": 0, "shard_count": 1,

@@ -185,6 +185,7 @@ def test_truncated_file_names_file_and_record(data_dir, tmp_path):
         _all_examples(root)
     message = str(info.value)
     assert files[1] in message and "record" in message and "truncated" in message
+    assert "dataset_info.json says" in message  # caught when opening, by the record count
     assert info.value.file == files[1] and 0 <= info.value.index < n_bad
 
     pipe, seen = _all_examples(root, skip_bad_records=True)
@@ -291,3 +292,21 @@ def test_config_errors_speak_to_the_user(data_dir, tmp_path):
         pipeline.make_pipeline({"data_dir": data_dir, "batch_sise": 2})
     with pytest.raises(pipeline.PipelineError, match="latents"):
         _pipe(data_dir, inputs="latents")
+
+
+def test_trainer_entry_builds_the_process_shard_from_the_experiment_config(data_dir):
+    import ml_collections
+
+    config = ml_collections.ConfigDict({
+        "chunks": 2, "wam": {"waypoints_per_chunk": 4}, "train": {"batch_size": 4},
+        "data": {"source": "tfds", "num_clips": 4, "chunk_seconds": 4.0, "seed": 0, "shuffle": True,
+                 "data_dir": data_dir}})
+    it = pipeline.make_train_iterator(config, process_index=1, process_count=2)
+    batch = next(it)
+    assert batch["waypoints"].shape == (2, 2, 4, 3)  # per-process batch 4 / 2, 2 chunks
+    state = it.get_state()
+    assert state["order"]["shard_index"] == 1 and state["order"]["shard_count"] == 2
+    it.close()
+    config.wam.waypoints_per_chunk = 8
+    with pytest.raises(pipeline.PipelineError, match="4 waypoints per chunk"):
+        pipeline.make_train_iterator(config)
