@@ -99,10 +99,8 @@ def build_main(args: argparse.Namespace) -> int:
         if not vae_encode.available():
             raise SystemExit("--vae-checkpoint needs wam_jax.models.vae, which this checkout does not have")
         transform = vae_encode.make_encoder(args.vae_checkpoint, drop_frames=args.drop_frames)
-    vocab = None
-    if args.source == "highway":
-        vocab = module.intent_vocab()
-    elif args.source == "synthetic" and config.intents:
+    vocab = None  # highway: the builder's default (sim.highway.INTENTS)
+    if args.source == "synthetic" and config.intents:
         vocab = tuple(config.intents)
 
     with tqdm(total=args.clips or None, desc=f"{args.source} clips", unit="clip", file=sys.stderr) as bar:

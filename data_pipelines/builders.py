@@ -80,6 +80,10 @@ class ClipDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     def _generate_clips(self) -> Iterator[tuple[str, schema.ClipRecord]]:
         raise NotImplementedError
 
+    def default_intent_vocab(self) -> tuple[str, ...] | None:
+        """The fixed intent vocabulary of this source (stored as metadata `intent_vocab`), if it has one."""
+        return None
+
     def _generate_examples(self):
         config = self.builder_config
         spec = None
@@ -95,8 +99,9 @@ class ClipDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
                 spec = clip.spec()
                 self.info.metadata["clip_spec"] = spec
                 self.info.metadata["builder_config"] = _config_json(config)
-                if self.intent_vocab is not None:
-                    self.info.metadata["intent_vocab"] = list(self.intent_vocab)
+                vocab = self.default_intent_vocab() if self.intent_vocab is None else self.intent_vocab
+                if vocab is not None:
+                    self.info.metadata["intent_vocab"] = list(vocab)
             yield key, {
                 "clip": schema.serialize_clip(clip, config.frame_codec, config.jpeg_quality, validate=False),
                 "source": clip.source,

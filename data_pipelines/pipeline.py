@@ -193,8 +193,12 @@ class ClipSource:
 
     def read(self, index: int) -> bytes:
         """The `clip` bytes of global record `index`; raises RecordError naming file and record."""
-        path, local = self.locate(index)
-        reader = self._reader(path, self.files[self.locate_file(index)][1], local)
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} out of range for {len(self)} records")
+        f = int(np.searchsorted(self._ends, index, side="right"))
+        path, expected = self.files[f]
+        local = index - (int(self._ends[f - 1]) if f else 0)
+        reader = self._reader(path, expected, local)
         try:
             raw = reader.read([local])[0]
         except Exception as e:
@@ -208,9 +212,6 @@ class ClipSource:
         except Exception as e:
             raise schema.RecordError(f"not a clip example ({type(e).__name__}: {e}); the file is corrupted",
                                      path, local) from None
-
-    def locate_file(self, index: int) -> int:
-        return int(np.searchsorted(self._ends, index, side="right"))
 
     def __getitem__(self, index: int) -> bytes:
         return self.read(index)

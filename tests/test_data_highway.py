@@ -12,7 +12,7 @@ sim = pytest.importorskip("wam_jax.sim.highway")
 def test_highway_round_trip_matches_an_independent_rollout(tmp_path):
     config = highway.HighwayConfig(name="tiny", num_clips=2, num_chunks=2, vehicles=8, image_size=(32, 32),
                                    supersample=1, seed=11)
-    out = builders.build(highway.WamHighway, config, str(tmp_path), intent_vocab=highway.intent_vocab())
+    out = builders.build(highway.WamHighway, config, str(tmp_path))
     clips = {c.clip_id: c for c in pipeline.iter_clips(out)}
     assert len(clips) == 2
     for clip in clips.values():

@@ -80,6 +80,11 @@ def test_epoch_covers_every_window_once_and_shuffle_follows_seed(data_dir):
     assert unshuffled != a and sorted(unshuffled) == sorted(a)
 
 
+def test_resize_on_read(data_dir):
+    with _pipe(data_dir, image_size=(4, 6)).iterator() as it:
+        assert next(it)["frames"].shape == (4, HEAD + 2 * FPC, 4, 6, 3)
+
+
 def test_window_stride(data_dir):
     with _pipe(data_dir, chunks_per_example=1, window_stride=2, num_epochs=1, batch_size=4).iterator() as it:
         seen = {e for batch in it for e in _examples(batch)}

@@ -143,3 +143,6 @@ class WamHighway(builders.ClipDatasetBuilder):
 
     def _generate_clips(self):
         return iter_clips(self.builder_config)
+
+    def default_intent_vocab(self):
+        return intent_vocab()
