@@ -104,6 +104,11 @@ def test_chunked_encode_and_decode_equal_one_pass(vae):
     v2, _ = V.decode_chunk(params, latents[:, 2:], cfg, cache)
     assert (v1.shape[1], v2.shape[1]) == (5, 4)
     np.testing.assert_allclose(np.concatenate([v1, v2], axis=1), V.decode(params, latents, cfg), rtol=0, atol=1e-5)
+    # The long-clip helpers run the same schedules (already compiled above).
+    np.testing.assert_allclose(np.concatenate(list(V.iter_encode(params, video, cfg, chunk_frames=4)), axis=1),
+                               one_pass, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(list(V.iter_decode(params, latents, cfg, chunk_frames=2)), axis=1),
+                               np.concatenate([v1, v2], axis=1), rtol=0, atol=0)
 
     # A chunk that breaks the schedule, or a cache of the wrong kind, is refused with a reason.
     with pytest.raises(V.ChunkError, match="positive multiple of 4 frames, got 3"):
@@ -161,6 +166,13 @@ def test_full_size_layout_matches_diffusers(kind):
             for path, leaf in vae_import.traverse_util.flatten_dict(V.abstract_params(cfg)).items()}
     assert ours == theirs
     assert (cfg.temporal_stride, cfg.spatial_stride) == ((4, 8) if kind == "wan21" else (4, 16))
+
+
+def test_random_init_matches_abstract_tree():
+    cfg = V.WanVAEConfig.from_diffusers(TINY["wan22"])
+    params = V.init_params(cfg, jax.random.key(3))
+    assert jax.tree.map(lambda x: x.shape, params) == jax.tree.map(lambda x: x.shape, V.abstract_params(cfg))
+    assert float(jnp.std(params["encoder"]["conv_in"]["kernel"])) > 0
 
 
 def test_config_errors_are_specific():

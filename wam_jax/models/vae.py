@@ -531,6 +531,7 @@ Params = Any
 Cache = Any
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
 def init_params(config: WanVAEConfig, key: jax.Array) -> Params:
     """Random parameters with PyTorch's default conv init (uniform +-1/sqrt(fan_in)), e.g. for tests and demos;
     real weights come from wam_jax.interop.vae_import.
