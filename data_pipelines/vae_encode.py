@@ -30,18 +30,23 @@ def available() -> bool:
 
 
 def load_vae(checkpoint_dir: str):
-    """(params, WanVAEConfig) from a params checkpoint directory."""
+    """(params, WanVAEConfig) from a params checkpoint directory written by `python -m wam_jax import-vae`."""
+    try:
+        from wam_jax.interop.vae_import import load_vae as _load
+    except ImportError:  # older checkout: read the same layout directly
+        _load = None
+    if _load is not None:
+        config, params = _load(checkpoint_dir)
+        return params, config
     from wam_jax import checkpoint
     from wam_jax.models import vae
 
     meta = checkpoint.load_meta(checkpoint_dir)
-    cfg = meta.get("config") or meta.get("vae_config")
-    if not isinstance(cfg, dict):
+    if not isinstance(meta.get("config"), dict):
         raise ValueError(f"{checkpoint_dir}/meta.json has no VAE 'config' (diffusers AutoencoderKLWan keys); "
                          "write it with `python -m wam_jax import-vae`")
-    config = vae.WanVAEConfig.from_diffusers(cfg)
     params, _ = checkpoint.load_params(checkpoint_dir)
-    return params, config
+    return params, vae.WanVAEConfig.from_diffusers(meta["config"])
 
 
 def make_encoder(checkpoint_dir: str, chunk_frames: int = 16, drop_frames: bool = False
