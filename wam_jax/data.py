@@ -1,0 +1,136 @@
+"""What the trainer reads: an iterator of raw batches with a saveable position, and the step that turns a raw
+batch into model inputs (latents, normalised actions, guidance embeddings).
+
+Sources (config.data.source):
+  synthetic  deterministic generated clips (smooth ego arcs + latents that depend on them); for tests and
+             smoke runs, needs nothing on disk.
+  tfds       ArrayRecord clips written by `python -m data_pipelines build`, read through Grain
+             (data_pipelines.pipeline).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Protocol
+
+import numpy as np
+
+
+class BatchIterator(Protocol):
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]: ...
+    def __next__(self) -> dict[str, np.ndarray]: ...
+    def get_state(self) -> dict[str, Any]: ...
+    def set_state(self, state: Mapping[str, Any]) -> None: ...
+
+
+class ActionNorm:
+    """Affine normalisation of waypoints (x m, y m, heading rad) to ~unit scale. mean/std are [A] (per
+    dimension) or [K, A] (per waypoint and dimension: far waypoints spread more than near ones)."""
+
+    def __init__(self, mean, std):
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        if self.mean.shape != self.std.shape or self.mean.ndim not in (1, 2):
+            raise ValueError(f"action_norm mean {self.mean.shape} and std {self.std.shape} must both be [A] or [K, A]")
+        if np.any(self.std <= 0):
+            raise ValueError("action_norm std must be positive")
+
+    @classmethod
+    def fit(cls, waypoints, per_waypoint: bool = True, min_std: float = 1e-2) -> "ActionNorm":
+        """Statistics of waypoints [..., K, A] (e.g. a dataset sample)."""
+        flat = np.asarray(waypoints, np.float64).reshape(-1, *np.shape(waypoints)[-2:])
+        axes = (0,) if per_waypoint else (0, 1)
+        return cls(flat.mean(axes), np.maximum(flat.std(axes), min_std))
+
+    def to_config(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    def normalize(self, waypoints):
+        return (waypoints - self.mean) / self.std
+
+    def denormalize(self, actions):
+        return actions * self.std + self.mean
+
+
+def synthetic_clip(rng: np.random.Generator, chunks: int, waypoints: int, chunk_seconds: float,
+                   latent_shape: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+    """One clip: an ego arc (speed, yaw rate, both drifting per chunk) and latents derived from it, so video
+    and actions carry information about each other. latent_shape = (F, h, w, z) per chunk."""
+    f, h, w, z = latent_shape
+    speed = rng.uniform(5.0, 15.0)
+    yaw_rate = rng.uniform(-0.1, 0.1)
+    basis = rng.standard_normal((3, h, w, z)).astype(np.float32)
+    wps, lats = [], []
+    dt = chunk_seconds / waypoints
+    for _ in range(chunks):
+        times = np.arange(1, waypoints + 1) * dt
+        heading = yaw_rate * times
+        if abs(yaw_rate) > 1e-6:
+            x = speed / yaw_rate * np.sin(heading)
+            y = speed / yaw_rate * (1.0 - np.cos(heading))
+        else:
+            x, y = speed * times, np.zeros_like(times)
+        wps.append(np.stack([x, y, heading], -1))
+        phase = np.linspace(0, 1, f)[:, None, None, None]
+        lat = (speed / 10.0 - 1.0) * basis[0] + 10.0 * yaw_rate * basis[1] + phase * basis[2]
+        lats.append(lat.astype(np.float32) + 0.1 * rng.standard_normal((f, h, w, z)).astype(np.float32))
+        speed = float(np.clip(speed + rng.normal(0, 1.0), 2.0, 20.0))
+        yaw_rate = float(np.clip(yaw_rate + rng.normal(0, 0.02), -0.15, 0.15))
+    return {"latents": np.concatenate(lats, 0), "waypoints": np.stack(wps).astype(np.float32),
+            "command": np.ones((chunks,), np.int32)}
+
+
+class SyntheticIterator:
+    """Cycles deterministically over `num_clips` generated clips in batches; position = batches consumed."""
+
+    def __init__(self, *, num_clips: int, batch_size: int, chunks: int, waypoints: int, chunk_seconds: float,
+                 latent_shape, seed: int = 0, shuffle: bool = True):
+        rng = np.random.default_rng(seed)
+        clips = [synthetic_clip(rng, chunks, waypoints, chunk_seconds, tuple(latent_shape)) for _ in range(num_clips)]
+        self._clips = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
+        self._num, self._batch, self._seed, self._shuffle = num_clips, batch_size, seed, shuffle
+        self._position = 0
+
+    def _indices(self, position: int) -> np.ndarray:
+        start = position * self._batch
+        epoch, offset = divmod(start, self._num)
+        idx = []
+        while len(idx) < self._batch:
+            order = (np.random.default_rng([self._seed, epoch]).permutation(self._num) if self._shuffle
+                     else np.arange(self._num))
+            idx.extend(order[offset:offset + self._batch - len(idx)])
+            epoch, offset = epoch + 1, 0
+        return np.asarray(idx)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        idx = self._indices(self._position)
+        self._position += 1
+        return {k: v[idx] for k, v in self._clips.items()}
+
+    def get_state(self):
+        return {"position": self._position}
+
+    def set_state(self, state):
+        self._position = int(state["position"])
+
+
+def make_iterator(config, process_index: int = 0, process_count: int = 1) -> BatchIterator:
+    """The training iterator described by config.data (this process's shard of every global batch)."""
+    d = config.data
+    global_batch = config.train.batch_size
+    if global_batch % process_count:
+        raise ValueError(f"train.batch_size={global_batch} is not divisible by {process_count} processes")
+    per_process = global_batch // process_count
+    if d.source == "synthetic":
+        w = config.wam
+        return SyntheticIterator(num_clips=d.num_clips, batch_size=per_process, chunks=config.chunks,
+                                 waypoints=w.waypoints_per_chunk, chunk_seconds=d.chunk_seconds,
+                                 latent_shape=(w.latent_frames_per_chunk, w.latent_height, w.latent_width,
+                                               config.model.in_channels),
+                                 seed=d.seed + 1000 * process_index, shuffle=d.shuffle)
+    if d.source == "tfds":
+        from data_pipelines import pipeline  # heavy imports only when used
+        return pipeline.make_train_iterator(config, process_index=process_index, process_count=process_count)
+    raise ValueError(f"config.data.source={d.source!r} unknown; choose 'synthetic' or 'tfds'")

@@ -1,0 +1,279 @@
+"""DriveWAM: the Wan video DiT as an autoregressive video-action policy.
+
+Token sequence. An example holds N chunks (a chunk ≈ 4 s of driving); chunk n contributes its video latent
+tokens (F latent frames × h × w patches) followed by its K action tokens (ego waypoints x, y, heading). For
+teacher forcing the sequence holds S=2 *streams* of all chunks: stream 0 clean (timestep 0, the context) and
+stream 1 noised (the prediction targets), trained in one pass. Attention (see `TokenLayout.self_mask`):
+
+    token q may attend to token k  ⇔  (k in the clean stream and chunk(k) < chunk(q))
+                                       or (chunk(k) == chunk(q) and stream(k) == stream(q))
+
+so every chunk sees itself and earlier clean chunks, never later ones (block-causal). With S=1 this is plain
+block-causal attention, used by rollout (past chunks come from the KV cache) and by diffusion forcing.
+
+RoPE: video token (chunk n, frame f, row i, col j) sits at (n·F + f, i, j); action token k of chunk n at time
+n·F + (k+1)·F/K − 1 (the waypoint's time on the latent-frame axis, the last waypoint on the chunk's last
+frame) and a fixed spatial position (`action_rope_hw`, default the grid centre, where the ego car is in an
+ego-centred view).
+
+Guidance (scene-evolving, temporally localized): per-chunk intent embeddings [B, N, Lg, text_dim] go through
+Wan's text projection; chunk n's tokens cross-attend only to chunk n's embedding. Without guidance every token
+attends to one shared all-zero context.
+
+Parameters: `patch_embed`, `condition_embedder`, `blocks`, `head` are exactly the Wan DiT's (an imported Wan
+checkpoint drops in); `action_embed`, `action_time`, `action_head` are new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wam_jax.config import ConfigError, dataclass_from_config
+from wam_jax.models.layers import dense, timestep_features, unpatchify, video_positions
+from wam_jax.models.wan_dit import (ConditionEmbedder, OutputHead, PatchEmbed, WanBlocks, WanConfig,
+                                    rope_from_positions)
+
+WAN_PARAM_GROUPS = ("patch_embed", "condition_embedder", "blocks", "head")
+ACTION_PARAM_GROUPS = ("action_embed", "action_time", "action_head")
+
+
+@dataclasses.dataclass(frozen=True)
+class WamConfig:
+    """Token layout of DriveWAM (sizes in latent units)."""
+    latent_frames_per_chunk: int          # F
+    latent_height: int                    # h (before the 2x2 patching)
+    latent_width: int
+    waypoints_per_chunk: int              # K
+    action_dim: int = 3                   # x, y, heading
+    guidance_tokens: int = 1              # Lg: intent embedding length per chunk
+    action_rope_hw: tuple[float, float] | None = None
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any], where: str = "wam config") -> "WamConfig":
+        return dataclass_from_config(cls, values, where)
+
+    def check(self, wan: WanConfig):
+        pt, ph, pw = wan.patch_size
+        if self.latent_frames_per_chunk % pt or self.latent_height % ph or self.latent_width % pw:
+            raise ConfigError(f"latent chunk ({self.latent_frames_per_chunk}, {self.latent_height}, "
+                              f"{self.latent_width}) is not divisible by the patch size {wan.patch_size}")
+
+    def grid(self, wan: WanConfig) -> tuple[int, int, int]:
+        pt, ph, pw = wan.patch_size
+        return self.latent_frames_per_chunk // pt, self.latent_height // ph, self.latent_width // pw
+
+    def video_tokens(self, wan: WanConfig) -> int:
+        f, h, w = self.grid(wan)
+        return f * h * w
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+    """Static description of a token sequence: S streams × N chunks × (Lv video + K action tokens)."""
+    streams: int
+    chunks: int
+    video_tokens: int
+    action_tokens: int
+
+    @property
+    def per_chunk(self) -> int:
+        return self.video_tokens + self.action_tokens
+
+    @property
+    def length(self) -> int:
+        return self.streams * self.chunks * self.per_chunk
+
+    def _ids(self):
+        s, n = np.meshgrid(np.arange(self.streams), np.arange(self.chunks), indexing="ij")
+        rep = lambda a: np.repeat(a.reshape(-1), self.per_chunk)
+        return rep(s), rep(n)
+
+    @functools.cached_property
+    def stream_ids(self) -> np.ndarray:
+        return self._ids()[0]
+
+    @functools.cached_property
+    def chunk_ids(self) -> np.ndarray:
+        return self._ids()[1]
+
+    def self_mask(self) -> np.ndarray:
+        """bool [L, L]: True where query (row) may attend to key (column); rule in the module docstring."""
+        sq, cq = self.stream_ids[:, None], self.chunk_ids[:, None]
+        sk, ck = self.stream_ids[None, :], self.chunk_ids[None, :]
+        return ((sk == 0) & (ck < cq)) | ((ck == cq) & (sk == sq))
+
+    def cross_mask(self, guidance_tokens: int) -> np.ndarray:
+        """bool [L, N*Lg]: chunk n's tokens see only chunk n's guidance tokens."""
+        key_chunk = np.repeat(np.arange(self.chunks), guidance_tokens)
+        return self.chunk_ids[:, None] == key_chunk[None, :]
+
+
+def action_time_positions(frames: int, waypoints: int) -> np.ndarray:
+    """Latent-frame-axis position of each waypoint within a chunk: (k+1)·F/K − 1."""
+    return (np.arange(1, waypoints + 1) * frames / waypoints - 1.0).astype(np.float32)
+
+
+def chunk_positions(wam: WamConfig, wan: WanConfig) -> np.ndarray:
+    """RoPE positions [Lv + K, 3] of one chunk starting at frame 0."""
+    f, h, w = wam.grid(wan)
+    hw = wam.action_rope_hw if wam.action_rope_hw is not None else ((h - 1) / 2.0, (w - 1) / 2.0)
+    act = np.zeros((wam.waypoints_per_chunk, 3), np.float32)
+    act[:, 0] = action_time_positions(f, wam.waypoints_per_chunk)
+    act[:, 1], act[:, 2] = hw
+    return np.concatenate([video_positions(f, h, w), act], axis=0)
+
+
+class ActionEmbed(nn.Module):
+    """Waypoints (normalised) → tokens: a two-layer MLP of its own."""
+    wan: WanConfig
+
+    @nn.compact
+    def __call__(self, actions):
+        c = self.wan
+        h = nn.silu(dense(c.dim, (None, "embed"), "linear_1", dtype=c.compute_dtype, param_dtype=c.weights_dtype)(
+            actions.astype(c.compute_dtype)))
+        return dense(c.dim, ("embed", "embed_out"), "linear_2", dtype=c.compute_dtype, param_dtype=c.weights_dtype)(h)
+
+
+class ActionTimeEmbed(nn.Module):
+    """The action tokens' own timestep embedding + adaLN modulation (same structure as the video's, so it can be
+    initialised from the pretrained video time embedder)."""
+    wan: WanConfig
+
+    @nn.compact
+    def __call__(self, t):
+        c = self.wan
+        kw = dict(param_dtype=c.weights_dtype, dtype=jnp.float32, kernel_init=nn.initializers.normal(0.02))
+        temb = dense(c.dim, ("embed", "embed_out"), "time_embedder_linear_2", **kw)(
+            nn.silu(dense(c.dim, (None, "embed"), "time_embedder_linear_1", **kw)(timestep_features(t, c.freq_dim))))
+        mod = dense(6 * c.dim, ("embed", "embed_out"), "time_proj", **kw)(nn.silu(temb))
+        return temb, mod.reshape(*mod.shape[:-1], 6, c.dim)
+
+
+class DriveWAM(nn.Module):
+    wan: WanConfig
+    wam: WamConfig
+    return_kv: bool = False
+
+    @nn.compact
+    def __call__(self, video, actions, t_video, t_action, guidance=None, chunk_offset=0, past_kv=None,
+                 past_valid=None):
+        """Predicts flow-matching velocities for every token.
+
+        video: [B, S, N, F, H, W, z] latents; actions: [B, S, N, K, A] normalised waypoints;
+        t_video, t_action: [B, S, N] flow times in [0, 1] (0 = clean); guidance: [B, N, Lg, text_dim] or None;
+        chunk_offset: index of the first chunk (scalar, may be traced) for RoPE time positions;
+        past_kv: cached per-layer (k, v) [layers, B, P, H, Dh] of earlier chunks, past_valid: bool [B, P].
+        Returns (video_velocity [B, S, N, F, H, W, z] f32, action_velocity [B, S, N, K, A] f32, kv) where kv holds
+        this call's per-layer keys/values [layers, B, L, H, Dh] when `return_kv`, else None.
+        """
+        c, w = self.wan, self.wam
+        w.check(c)
+        chex.assert_rank([video, actions, t_video, t_action], [7, 5, 3, 3])
+        b, s, n = video.shape[:3]
+        k = actions.shape[3]
+        if video.shape[3:6] != (w.latent_frames_per_chunk, w.latent_height, w.latent_width):
+            raise ValueError(f"video chunk shape {video.shape[3:6]} != configured "
+                             f"{(w.latent_frames_per_chunk, w.latent_height, w.latent_width)}")
+        if k != w.waypoints_per_chunk or actions.shape[4] != w.action_dim:
+            raise ValueError(f"actions {actions.shape[3:]} != configured ({w.waypoints_per_chunk}, {w.action_dim})")
+        layout = TokenLayout(s, n, w.video_tokens(c), k)
+
+        vid_tok, grid = PatchEmbed(c, name="patch_embed")(video.reshape(b * s * n, *video.shape[3:]))
+        vid_tok = vid_tok.reshape(b, s, n, layout.video_tokens, c.dim)
+        act_tok = ActionEmbed(c, name="action_embed")(actions)
+        tokens = jnp.concatenate([vid_tok, act_tok.astype(vid_tok.dtype)], axis=3).reshape(b, layout.length, c.dim)
+
+        embedder = ConditionEmbedder(c, name="condition_embedder")
+        temb_v, mod_v = embedder.time(t_video * 1000.0)            # [B,S,N,D], [B,S,N,6,D]
+        temb_a, mod_a = ActionTimeEmbed(c, name="action_time")(t_action * 1000.0)
+        per_token = lambda v, a: jnp.concatenate(
+            [jnp.broadcast_to(v[:, :, :, None], (b, s, n, layout.video_tokens, *v.shape[3:])),
+             jnp.broadcast_to(a[:, :, :, None], (b, s, n, k, *a.shape[3:]))], axis=3).reshape(b, layout.length,
+                                                                                               *v.shape[3:])
+        mod = per_token(mod_v, mod_a)
+
+        base = np.tile(chunk_positions(w, c), (s * n, 1))
+        frame_shift = np.zeros_like(base)
+        frame_shift[:, 0] = layout.chunk_ids * grid[0]
+        positions = jnp.asarray(base + frame_shift) + jnp.asarray([grid[0], 0, 0], jnp.float32) * chunk_offset
+        rope = rope_from_positions(positions[None], c)
+
+        self_mask = jnp.asarray(layout.self_mask())[None, None]
+        if past_kv is not None:
+            past = jnp.broadcast_to(past_valid[:, None, None, :], (b, 1, layout.length, past_valid.shape[1]))
+            self_mask = jnp.concatenate([past, jnp.broadcast_to(self_mask, (b, 1, layout.length, layout.length))],
+                                        axis=-1)
+        if guidance is None:
+            context = embedder.text(jnp.zeros((b, 1, c.text_dim), c.compute_dtype))
+            cross_mask = None
+        else:
+            chex.assert_shape(guidance, (b, n, w.guidance_tokens, c.text_dim))
+            context = embedder.text(guidance.reshape(b, n * w.guidance_tokens, c.text_dim).astype(c.compute_dtype))
+            cross_mask = jnp.asarray(layout.cross_mask(w.guidance_tokens))[None, None]
+
+        x, kv = WanBlocks(c, return_kv=self.return_kv, name="blocks")(tokens, context, mod, rope, self_mask,
+                                                                        cross_mask, past_kv)
+        x = x.reshape(b, s, n, layout.per_chunk, c.dim)
+        x_v, x_a = x[:, :, :, :layout.video_tokens], x[:, :, :, layout.video_tokens:]
+        pt, ph, pw = c.patch_size
+        v_out = OutputHead(c, pt * ph * pw * c.out_channels, name="head")(
+            x_v.reshape(b, -1, c.dim),
+            jnp.broadcast_to(temb_v[:, :, :, None], (b, s, n, layout.video_tokens, c.dim)).reshape(b, -1, c.dim))
+        a_out = OutputHead(c, w.action_dim, name="action_head")(
+            x_a.reshape(b, -1, c.dim),
+            jnp.broadcast_to(temb_a[:, :, :, None], (b, s, n, k, c.dim)).reshape(b, -1, c.dim))
+        v_out = unpatchify(v_out.reshape(b * s * n, *grid, -1).astype(jnp.float32), c.patch_size, c.out_channels)
+        v_out = v_out.reshape(b, s, n, *v_out.shape[1:])
+        a_out = a_out.reshape(b, s, n, k, w.action_dim).astype(jnp.float32)
+        return v_out, a_out, kv
+
+
+def dummy_inputs(wan: WanConfig, wam: WamConfig, batch=1, streams=1, chunks=1, guidance=True):
+    f, h, wd = wam.latent_frames_per_chunk, wam.latent_height, wam.latent_width
+    video = jnp.zeros((batch, streams, chunks, f, h, wd, wan.in_channels))
+    actions = jnp.zeros((batch, streams, chunks, wam.waypoints_per_chunk, wam.action_dim))
+    t = jnp.zeros((batch, streams, chunks))
+    g = jnp.zeros((batch, chunks, wam.guidance_tokens, wan.text_dim)) if guidance else None
+    return video, actions, t, t, g
+
+
+def init_params(wan: WanConfig, wam: WamConfig, rng: jax.Array):
+    model = DriveWAM(wan, wam)
+    return nn.unbox(model.init(rng, *dummy_inputs(wan, wam))["params"])
+
+
+def abstract_params(wan: WanConfig, wam: WamConfig):
+    """Boxed (logically annotated) parameter shapes without allocating anything."""
+    model = DriveWAM(wan, wam)
+    return jax.eval_shape(lambda r: model.init(r, *dummy_inputs(wan, wam))["params"], jax.random.key(0))
+
+
+def merge_pretrained_wan(params: dict, wan_params: dict) -> dict:
+    """Puts imported Wan DiT params into a DriveWAM tree; the action time embedder starts as a copy of the
+    pretrained video time embedder (same timestep semantics), the other action parts stay freshly initialised."""
+    merged = dict(params)
+    for group in WAN_PARAM_GROUPS:
+        want = jax.tree.map(lambda x: x.shape, params[group])
+        got = jax.tree.map(lambda x: x.shape, wan_params[group])
+        if want != got:
+            raise ValueError(f"pretrained Wan params group {group!r} does not fit the DriveWAM config: "
+                             f"{got} vs {want}")
+        merged[group] = wan_params[group]
+    ce = wan_params["condition_embedder"]
+    merged["action_time"] = {name: ce[name] for name in ("time_embedder_linear_1", "time_embedder_linear_2",
+                                                         "time_proj")}
+    return merged
+
+
+def build_configs(config) -> tuple[WanConfig, WamConfig]:
+    """(WanConfig, WamConfig) from an experiment config's `model` and `wam` sections (strict keys)."""
+    return WanConfig.from_config(config.model, "config.model"), WamConfig.from_config(config.wam, "config.wam")

@@ -1,0 +1,324 @@
+"""DriveWAM training: joint flow matching, AdamW + warmup/cosine, clipping, EMA, Orbax checkpoints that resume
+to the exact step, optimizer state and data position.
+
+    python -m wam_jax train --config experiments/drivewam_tiny.py[:args] [--workdir DIR] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from wam_jax import sharding
+from wam_jax.config import ConfigError, dataclass_from_config, load_config
+from wam_jax.data import ActionNorm, BatchIterator, make_iterator
+from wam_jax.models import wam as wam_lib
+from wam_jax.objective import FlowConfig, flow_matching_loss
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    end_lr_ratio: float = 0.1        # cosine decays to lr · end_lr_ratio at `steps`
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    clip_norm: float = 1.0
+    ema_decay: float = 0.999
+    freeze: tuple[str, ...] = ()     # top-level param groups kept fixed, e.g. ("blocks",) or wam.WAN_PARAM_GROUPS
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    async_checkpoints: bool = True
+    log_every: int = 10
+
+    @classmethod
+    def from_config(cls, values) -> "TrainConfig":
+        return dataclass_from_config(cls, values, "config.train")
+
+
+def learning_rate_schedule(tc: TrainConfig) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if tc.warmup_steps else tc.lr, peak_value=tc.lr, warmup_steps=tc.warmup_steps,
+        decay_steps=max(tc.steps, tc.warmup_steps + 1), end_value=tc.lr * tc.end_lr_ratio)
+
+
+def param_labels(params, freeze: tuple[str, ...]):
+    known = set(params)
+    unknown = sorted(set(freeze) - known)
+    if unknown:
+        raise ConfigError(f"train.freeze names unknown param group(s) {unknown}; groups: {sorted(known)}")
+    return {group: jax.tree.map(lambda _: "frozen" if group in freeze else "train", sub)
+            for group, sub in params.items()}
+
+
+def make_optimizer(tc: TrainConfig, params) -> optax.GradientTransformation:
+    # Weight decay on dense kernels only: not on biases, norm scales or adaLN modulation tables.
+    decay_mask = jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+    adamw = optax.chain(
+        optax.clip_by_global_norm(tc.clip_norm),
+        optax.adamw(learning_rate_schedule(tc), b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask))
+    return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, param_labels(params, tc.freeze))
+
+
+def prepare_batch(raw: Mapping[str, np.ndarray], config, action_norm: ActionNorm,
+                  guidance_table: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Raw data batch → model inputs: latents [B, N·F, h, w, z], actions [B, N, K, A] normalised, guidance
+    [B, N, Lg, text_dim] (precomputed embeddings, or looked up from intent ids) when guidance is on."""
+    if "latents" not in raw:
+        from wam_jax import latents as latent_codecs
+        raw = dict(raw, latents=latent_codecs.encode_frames(raw["frames"], config))
+    out = {"latents": np.asarray(raw["latents"], np.float32),
+           "actions": action_norm.normalize(np.asarray(raw["waypoints"], np.float32))}
+    if config.guidance.enabled:
+        if "guidance" in raw:
+            out["guidance"] = np.asarray(raw["guidance"], np.float32)
+        elif "intent_ids" in raw and guidance_table is not None:
+            out["guidance"] = guidance_table[np.asarray(raw["intent_ids"])]
+        else:
+            raise ValueError("guidance is enabled but the batch has neither 'guidance' embeddings nor 'intent_ids' "
+                             "with an intent embedding table; set guidance.enabled=False or provide them")
+    return out
+
+
+class Trainer:
+    """Owns the model, mesh, jitted step and checkpoints of one run. `run()` trains to `train.steps`."""
+
+    def __init__(self, config, workdir: str, data: BatchIterator | None = None, guidance_table=None):
+        self.config, self.workdir = config, os.path.abspath(workdir)
+        self.wan, self.wam = wam_lib.build_configs(config)
+        self.flow = FlowConfig.from_config(config.flow)
+        self.tc = TrainConfig.from_config(config.train)
+        self.action_norm = ActionNorm(config.action_norm.mean, config.action_norm.std)
+        self.model = wam_lib.DriveWAM(self.wan, self.wam)
+        self.mesh = sharding.make_mesh(dict(config.mesh))
+        batch_ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        if self.tc.batch_size % batch_ways:
+            raise ConfigError(f"train.batch_size={self.tc.batch_size} is not divisible by the data×fsdp mesh size "
+                              f"{batch_ways} (mesh {dict(self.mesh.shape)})")
+        self.data = data if data is not None else make_iterator(config, jax.process_index(), jax.process_count())
+        self.guidance_table = guidance_table
+        if guidance_table is None and config.guidance.enabled:
+            from wam_jax import guidance
+            self.guidance_table = guidance.intent_table(config)
+
+        boxed = wam_lib.abstract_params(self.wan, self.wam)
+        shapes = nn.unbox(boxed)
+        self.param_shardings = sharding.fit_shardings(sharding.mesh_shardings(boxed, self.mesh), shapes)
+        self.optimizer = make_optimizer(self.tc, shapes)
+        abstract_opt = jax.eval_shape(self.optimizer.init, shapes)
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        # Optimizer moments follow their parameters: let the compiler propagate the param shardings through init.
+        sharded_shapes = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                                      self.param_shardings)
+        opt_shardings = jax.jit(self.optimizer.init).lower(sharded_shapes).compile().output_shardings
+        self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
+                                          ema_params=self.param_shardings, opt_state=opt_shardings)
+        self.abstract_state = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes, ema_params=shapes,
+                       opt_state=abstract_opt), self.state_shardings)
+        self._step_fn = self._build_step()
+        self.checkpoints = ocp.CheckpointManager(
+            os.path.join(self.workdir, "checkpoints"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=self.tc.keep_checkpoints, create=True,
+                                                 enable_async_checkpointing=self.tc.async_checkpoints))
+
+    # ----- state -------------------------------------------------------------------------------------------
+    def _initial_params(self):
+        rng = jax.random.key(self.config.seed)
+        init = jax.jit(lambda r: nn.unbox(self.model.init(r, *wam_lib.dummy_inputs(self.wan, self.wam))["params"]),
+                       out_shardings=self.param_shardings)
+        params = init(rng)
+        if self.config.init == "wan":
+            from wam_jax.interop.wan_import import load_wan
+            path = self.config.init_checkpoint
+            if not path or not os.path.isdir(path):
+                raise FileNotFoundError(f"config.init='wan' needs config.init_checkpoint to be a checkpoint made by "
+                                        f"`python -m wam_jax import-wan`; got {path!r}")
+            _, wan_params = load_wan(path)
+            params = jax.device_put(wam_lib.merge_pretrained_wan(jax.device_get(params), wan_params),
+                                    self.param_shardings)
+        elif self.config.init != "scratch":
+            raise ConfigError(f"config.init={self.config.init!r} unknown; choose 'scratch' or 'wan'")
+        return params
+
+    def initial_state(self) -> TrainState:
+        params = self._initial_params()
+        opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          ema_params=jax.tree.map(jnp.copy, params), opt_state=opt_state)
+
+    def restore_or_init(self) -> TrainState:
+        step = self.checkpoints.latest_step()
+        if step is None:
+            return self.initial_state()
+        restored = self.checkpoints.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(self.abstract_state), data=ocp.args.JsonRestore()))
+        self.data.set_state(restored["data"])
+        print(f"resumed from step {step} ({self.workdir}/checkpoints)", flush=True)
+        return restored["state"]
+
+    def save(self, state: TrainState, force: bool = False):
+        step = int(state.step)
+        self.checkpoints.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(self.data.get_state())), force=force)
+
+    # ----- step --------------------------------------------------------------------------------------------
+    def apply(self, params, video, actions, t_video, t_action, guidance):
+        with nn.logical_axis_rules(sharding.RULES):
+            return self.model.apply({"params": params}, video, actions, t_video, t_action, guidance)
+
+    def _build_step(self):
+        tc, flow, frames = self.tc, self.flow, self.wam.latent_frames_per_chunk
+        schedule = learning_rate_schedule(tc)
+        frozen = set(tc.freeze)
+        base_rng = jax.random.key(self.config.seed + 1)
+
+        def step_fn(state: TrainState, batch):
+            rng = jax.random.fold_in(base_rng, state.step)
+
+            def loss_fn(params):
+                params = {g: (jax.lax.stop_gradient(p) if g in frozen else p) for g, p in params.items()}
+                return flow_matching_loss(self.apply, params, batch, rng, flow, frames)
+
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            grad_norm = optax.tree.norm(grads)
+            updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            ema = jax.tree.map(lambda e, p: e + (1.0 - tc.ema_decay) * (p - e), state.ema_params, params)
+            ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            candidate = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+            # A non-finite step leaves the state untouched; the host then stops with the last good checkpoint.
+            new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), candidate, state)
+            metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step), finite=ok)
+            return new_state, metrics
+
+        batch_sharding = lambda x: sharding.batch_sharding(self.mesh, x.ndim)
+        self._batch_sharding = batch_sharding
+        return jax.jit(step_fn, in_shardings=(self.state_shardings, None), out_shardings=(self.state_shardings, None),
+                       donate_argnums=(0,))
+
+    def device_batch(self, raw):
+        batch = prepare_batch(raw, self.config, self.action_norm, self.guidance_table)
+        return {k: jax.make_array_from_process_local_data(self._batch_sharding(v), v) for k, v in batch.items()}
+
+    # ----- loop --------------------------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> TrainState:
+        """Trains until `train.steps` (or, for tests that simulate a kill, until `stop_after` steps)."""
+        from tqdm import tqdm
+        state = self.restore_or_init()
+        start = int(state.step)
+        end = self.tc.steps if stop_after is None else min(self.tc.steps, stop_after)
+        writer = _summary_writer(os.path.join(self.workdir, "tensorboard"))
+        last_good = self.checkpoints.latest_step()
+        bar = tqdm(total=end, initial=start, desc="train", disable=not sys.stderr.isatty() or jax.process_index())
+        pending = None
+        t_last, steps_since = time.perf_counter(), 0
+        try:
+            for step in range(start, end):
+                batch = self.device_batch(next(self.data))
+                state, metrics = self._step_fn(state, batch)
+                pending = self._check(pending, last_good)
+                pending = (step + 1, metrics)
+                steps_since += 1
+                bar.update(1)
+                if (step + 1) % self.tc.log_every == 0 or step + 1 == end:
+                    pending = self._check(pending, last_good)
+                    now = time.perf_counter()
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
+                    values["steps_per_sec"] = steps_since / max(now - t_last, 1e-9)
+                    t_last, steps_since = now, 0
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                    if bar.disable and jax.process_index() == 0:
+                        print(f"step {step + 1}/{end} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()),
+                              flush=True)
+                    if writer is not None:
+                        for k, v in values.items():
+                            writer.add_scalar(f"train/{k}", v, step + 1)
+                if (step + 1) % self.tc.checkpoint_every == 0 or step + 1 == end:
+                    pending = self._check(pending, last_good)
+                    self.save(state, force=True)
+                    last_good = step + 1
+        finally:
+            bar.close()
+            self.checkpoints.wait_until_finished()
+            if writer is not None:
+                writer.close()
+        self._check(pending, last_good)
+        return state
+
+    def _check(self, pending, last_good):
+        """Raises if the step recorded in `pending` was non-finite (read one step late to keep dispatch async)."""
+        if pending is None:
+            return None
+        step, metrics = pending
+        if not bool(metrics["finite"]):
+            m = jax.device_get(metrics)
+            self.checkpoints.wait_until_finished()
+            where = (f"the last good checkpoint is step {last_good} in {self.workdir}/checkpoints" if last_good
+                     else "no checkpoint had been written yet")
+            raise NonFiniteLossError(f"non-finite training signal at step {step}: loss={float(m['loss'])}, "
+                                     f"loss_video={float(m['loss_video'])}, loss_action={float(m['loss_action'])}, "
+                                     f"grad_norm={float(m['grad_norm'])}; training stopped, {where}")
+        return None
+
+
+def _summary_writer(path: str):
+    if jax.process_index() != 0:
+        return None
+    from tensorboardX import SummaryWriter
+    return SummaryWriter(path)
+
+
+def train(config, workdir: str, data: BatchIterator | None = None, stop_after: int | None = None) -> TrainState:
+    return Trainer(config, workdir, data).run(stop_after)
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wam_jax train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="experiments/<file>.py[:key=value,...]")
+    parser.add_argument("--workdir", default=None, help="run folder (default runs/<config name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    args = parser.parse_args(argv)
+    sharding.initialize_distributed()
+    config = load_config(args.config, args.set)
+    workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config.split(":")[0]))[0])
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f, indent=2, default=str)
+    try:
+        train(config, workdir)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"done: checkpoints in {os.path.join(workdir, 'checkpoints')}")
+    return 0
