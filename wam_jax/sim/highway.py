@@ -20,7 +20,7 @@ The ego is a `ExpertEgoVehicle`, a subclass of highway-env's `IDMVehicle` instal
 `Vehicle` that `ContinuousAction` creates. It obeys whatever continuous action the env receives, like the
 original ego. `expert_action(env)` runs the unmodified `IDMVehicle` decision code on it -- IDM for the
 longitudinal acceleration, MOBIL for lane changes (every `LANE_CHANGE_DELAY` s), highway-env's cascaded
-lateral/heading controller for steering -- and returns that command as a normalised `ContinuousAction` in
+lateral/heading controller for steering, with gentler gains set from the config -- and returns that command as a normalised `ContinuousAction` in
 [-1, 1]^2. So the expert drives through exactly the same action interface as any planner, and its actions can
 be recorded as data.
 """
@@ -74,6 +74,11 @@ class HighwaySimConfig:
     waypoint_hz: float = 2.0  # 8 waypoints at 2 Hz = 4 s, NAVSIM-style
     seed: int = 0  # base seed; episode i of a run uses seed + i
     expert_target_speed: float = 30.0  # m/s the IDM expert tries to keep (lane speed limit is 30)
+    # The expert's controller is smoother than highway-env's NPC defaults (0.6 s, 0.2 s, 3 m/s^2), whose lane
+    # changes break NAVSIM's lateral-acceleration and jerk bounds; with these the demonstrations are comfortable.
+    expert_tau_lateral: float = 1.5  # [s] lateral position time constant (lane changes take ~3-4 s)
+    expert_tau_heading: float = 0.5  # [s] heading time constant
+    expert_comfort_acc: float = 2.0  # [m/s^2] IDM's desired maximum acceleration (NAVSIM bound: 2.4)
     max_acceleration: float = 5.0  # |a| that the normalised action 1.0 maps to [m/s^2]
     max_steering: float = math.pi / 4  # |steering| that the normalised action 1.0 maps to [rad]
     kinematics_obs: bool = False  # gym obs = highway-env's Kinematics table (pandas, ~40% of a step); else {"time"}
@@ -165,9 +170,9 @@ class ExpertEgoVehicle(IDMVehicle):
 class _InstallExpertEgo(gym.Wrapper):
     """After every reset, replaces the env's plain ego `Vehicle` with an `ExpertEgoVehicle` at the same state."""
 
-    def __init__(self, env: gym.Env, target_speed: float):
+    def __init__(self, env: gym.Env, cfg: HighwaySimConfig):
         super().__init__(env)
-        self._target_speed = target_speed
+        self._cfg = cfg
         self._install()
 
     def reset(self, **kwargs):
@@ -180,8 +185,12 @@ class _InstallExpertEgo(gym.Wrapper):
         old = u.vehicle
         if old is None or isinstance(old, ExpertEgoVehicle):
             return
+        cfg = self._cfg
         ego = ExpertEgoVehicle(u.road, np.array(old.position, dtype=float), old.heading, old.speed,
-                               target_speed=self._target_speed)
+                               target_speed=cfg.expert_target_speed)
+        ego.KP_LATERAL = 1.0 / cfg.expert_tau_lateral  # instance attributes shadow IDMVehicle's class constants
+        ego.KP_HEADING = 1.0 / cfg.expert_tau_heading
+        ego.COMFORT_ACC_MAX = cfg.expert_comfort_acc
         u.road.vehicles[u.road.vehicles.index(old)] = ego
         u.controlled_vehicles[0] = ego
 
@@ -223,7 +232,7 @@ def make_env(cfg: HighwaySimConfig, seed: int) -> gym.Env:
     """
     # The env checker would warn on every step about the {"time"} observation; our readers replace observations.
     env = gym.make(cfg.env_id, render_mode="rgb_array", config=env_config(cfg), disable_env_checker=True)
-    env = _InstallExpertEgo(env, cfg.expert_target_speed)
+    env = _InstallExpertEgo(env, cfg)
     env.reset(seed=int(seed))
     return env
 

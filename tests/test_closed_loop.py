@@ -1,0 +1,161 @@
+"""Closed-loop harness: metrics, runner, planner registry and the `eval` CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from wam_jax import closed_loop as cl
+from wam_jax.sim import highway as hw
+
+SIM = hw.HighwaySimConfig(vehicles=15)
+FAST = cl.ClosedLoopConfig(episode_s=3.0, warmup_s=1.0, video=False, plots=False, expert_ade=False,
+                           intent_source="scene")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_ttc_check_on_constructed_scenes():
+    ego = np.array([0.0, 0.0, 0.0, 25.0])
+    offsets = FAST.ttc_offsets_s
+    slow_ahead = np.array([[10.0, 0.0, 0.0, 10.0, 5.0, 2.0]])
+    assert cl.ttc_violation(ego, slow_ahead, offsets)
+    next_lane = slow_ahead + np.array([0, 4.0, 0, 0, 0, 0])
+    assert not cl.ttc_violation(ego, next_lane, offsets)
+    fast_behind = np.array([[-8.0, 0.0, 0.0, 40.0, 5.0, 2.0]])  # would hit us, but it is behind: not our TTC
+    assert not cl.ttc_violation(ego, fast_behind, offsets)
+    same_speed_ahead = np.array([[20.0, 0.0, 0.0, 25.0, 5.0, 2.0]])
+    assert not cl.ttc_violation(ego, same_speed_ahead, offsets)
+    assert not cl.ttc_violation(ego, np.zeros((0, 6)), offsets)
+
+
+def test_comfort_and_score_arithmetic():
+    dt, n = 0.1, 60
+    t = np.arange(n) * dt
+    straight = np.stack([25 * t, 0 * t, 0 * t], 1)
+    ok = cl.comfort_ok(cl.comfort_signals(straight, np.full(n, 25.0), dt), FAST)
+    assert all(ok.values()), ok
+    speeds = np.maximum(25 - 6.0 * t, 0)  # -6 m/s^2 braking
+    assert not cl.comfort_ok(cl.comfort_signals(straight, speeds, dt), FAST)["lon_accel"]
+    weave = straight.copy()
+    weave[:, 2] = 0.3 * np.sin(2 * np.pi * t / 1.5)  # heading oscillation -> yaw rate ~1.3 rad/s
+    bad = cl.comfort_ok(cl.comfort_signals(weave, np.full(n, 25.0), dt), FAST)
+    assert not bad["yaw_rate"] and not bad["lat_accel"]
+    assert cl.pdms(1, 1, 1, 1, 1) == 1.0
+    assert cl.pdms(0, 1, 1, 1, 1) == 0.0
+    assert cl.pdms(1, 1, 0, 0.5, 1) == pytest.approx((2.5 + 2) / 12)
+    assert cl.ego_progress(50.0, 100.0, 5.0) == 0.5
+    assert cl.ego_progress(150.0, 100.0, 5.0) == 1.0
+    assert cl.ego_progress(1.0, 2.0, 5.0) == 1.0  # expert barely moved
+
+
+class _Recorder:
+    name = "recorder"
+
+    def __init__(self):
+        self.observations = []
+
+    def reset(self, seed):
+        self.observations.clear()
+
+    def plan(self, obs):
+        self.observations.append(obs)
+        return cl.ConstantVelocityPlanner().plan(obs)
+
+
+def test_runner_is_deterministic_and_feeds_planners_observations():
+    rec = _Recorder()
+    a = cl.run_episode(rec, 5, SIM, FAST)
+    obs = list(rec.observations)
+    b = cl.run_episode(rec, 5, SIM, FAST)
+    np.testing.assert_array_equal(a.poses, b.poses)
+    assert (a.pdms, a.progress_m, a.crashed) == (b.pdms, b.progress_m, b.crashed)
+    assert len(obs) == 3  # 3 s episode, replan every 1 s
+    o = obs[1]
+    assert o.frames.shape == (FAST.history_frames, *SIM.image_size, 3) and o.frames.dtype == np.uint8
+    assert o.pose_history.shape == (FAST.history_poses, 3) and o.speed_history.shape == (FAST.history_poses,)
+    assert np.all(o.pose_history[:, 0] < 0)  # the past lies behind the ego
+    assert o.intent.command in hw.INTENTS
+    np.testing.assert_allclose(o.waypoint_times, SIM.waypoint_times)
+    assert a.progress_m > 40 and a.steps == 30
+
+
+def test_bad_plan_and_unknown_planner_are_reported():
+    class Broken(_Recorder):
+        def plan(self, obs):
+            return np.zeros((3, 2))
+
+    with pytest.raises(ValueError, match="expected finite"):
+        cl.run_episode(Broken(), 0, SIM, FAST)
+    with pytest.raises(KeyError, match="not registered"):
+        cl.build_planner(cl.LEARNED_PLANNER, SIM)
+
+
+def test_registry_hook_runs_a_registered_planner():
+    assert cl.LEARNED_PLANNER not in cl.PLANNERS
+    seen = {}
+
+    def factory(sim_cfg, checkpoint, config):
+        seen["checkpoint"] = checkpoint
+        planner = cl.ConstantVelocityPlanner()
+        planner.name = cl.LEARNED_PLANNER
+        return planner
+
+    cl.register_planner(cl.LEARNED_PLANNER, factory)
+    try:
+        results = cl.evaluate([cl.LEARNED_PLANNER], 1, 0, SIM, FAST, checkpoint="ckpt")
+    finally:
+        del cl.PLANNERS[cl.LEARNED_PLANNER]
+    assert seen["checkpoint"] == "ckpt"
+    assert list(results) == [cl.LEARNED_PLANNER] and results[cl.LEARNED_PLANNER][0].expert_progress_m > 0
+
+
+def test_expert_collides_no_more_than_constant_velocity():
+    # Dense traffic, so that driving blindly straight ahead meets slower cars within 10 s.
+    cfg = cl.ClosedLoopConfig(episode_s=10.0, warmup_s=1.0, video=False, plots=False, expert_ade=False,
+                              intent_source="scene")
+    results = cl.evaluate(["expert", "constant_velocity"], 4, 100, hw.HighwaySimConfig(vehicles=20, density=2.0), cfg)
+    expert, cv = cl.aggregate(results["expert"]), cl.aggregate(results["constant_velocity"])
+    assert expert["collision_rate"] <= cv["collision_rate"]
+    assert expert["pdms"] >= cv["pdms"]
+    assert expert["off_road_rate"] == 0.0
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "wam_jax", "eval", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_evaluates_baselines_and_writes_outputs(tmp_path):
+    out = tmp_path / "eval"
+    proc = _run_cli("--planners", "expert,constant_velocity", "--episodes", "2", "--seed", "1", "--episode-s", "2",
+                    "--vehicles", "10", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = proc.stdout.split("\n\n")[-2] if "\n\n" in proc.stdout else proc.stdout
+    header = [line for line in proc.stdout.splitlines() if line.startswith("planner")]
+    assert header and "PDMS" in header[0] and "ADE m" in header[0]
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
+            if line.split() and line.split()[0] in ("expert", "constant_velocity") and len(line.split()) == 11}
+    assert set(rows) == {"expert", "constant_velocity"}, table
+    assert rows["expert"][1] == "2" and rows["expert"][-1] == "0.00"  # expert plan == expert future
+    assert (out / "results.txt").read_text().strip() in proc.stdout
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["planners"]["constant_velocity"]["episodes"]) == 2
+    for name in ("expert", "constant_velocity"):
+        for seed in (1, 2):
+            assert (out / f"{name}_seed{seed}.png").stat().st_size > 1000
+            video = out / f"{name}_seed{seed}.mp4"
+            import imageio.v3 as iio
+
+            frames = iio.imread(video, plugin="pyav")
+            assert frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0 and len(frames) >= 20
+
+
+def test_cli_checkpoint_without_registered_planner_fails_clearly(tmp_path):
+    proc = _run_cli("--checkpoint", str(tmp_path), "--episodes", "1", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert "no DriveWAM planner is registered" in proc.stderr
+    proc = _run_cli("--planners", "nope", "--episodes", "1", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "unknown planner 'nope'" in proc.stderr

@@ -1,0 +1,112 @@
+"""`python -m wam_jax eval`: closed-loop evaluation of planners in highway-env.
+
+Examples:
+  python -m wam_jax eval --planners expert,constant_velocity --episodes 10 --seed 0 --out out/eval
+  python -m wam_jax eval --config experiments/FILE.py:arg=1 --set sim.vehicles=20 --checkpoint ckpt/
+
+An experiment config may hold a `sim` section (fields of `HighwaySimConfig`) and a `closed_loop` section (fields
+of `ClosedLoopConfig`); command-line flags override both. `--checkpoint` evaluates the learned planner
+("drivewam") too, which must have been registered in `wam_jax.closed_loop.PLANNERS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m wam_jax eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--planners", default="expert,constant_velocity",
+                   help="comma-separated planner names (see wam_jax.closed_loop.PLANNERS)")
+    p.add_argument("--episodes", type=int, default=5, help="episodes per planner (seeds seed..seed+episodes-1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/eval", help="output folder: results.txt/json, mp4 videos, png plots")
+    p.add_argument("--config", default=None, help="experiments/FILE.py[:args] with optional sim / closed_loop sections")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override (repeatable), e.g. --set sim.vehicles=20")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder of the learned (drivewam) planner")
+    p.add_argument("--episode-s", type=float, default=None, help="seconds per episode")
+    p.add_argument("--replan-s", type=float, default=None, help="seconds between replans")
+    p.add_argument("--intent", choices=("expert", "scene"), default=None, help="where the driving command comes from")
+    p.add_argument("--vehicles", type=int, default=None, help="other vehicles in the scene")
+    p.add_argument("--no-ade", action="store_true", help="skip the expert rollouts used for ADE (faster)")
+    p.add_argument("--no-video", action="store_true")
+    p.add_argument("--no-plots", action="store_true")
+    return p
+
+
+def cli(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from wam_jax import closed_loop as cl
+    from wam_jax.sim import highway as hw
+
+    experiment = None
+    sim_cfg, cl_cfg = hw.HighwaySimConfig(), cl.ClosedLoopConfig()
+    if args.config or args.overrides:
+        from wam_jax.config import ConfigError, dataclass_from_config, load_config
+
+        if not args.config:
+            print("eval: --set needs --config (the overrides apply to an experiment config)", file=sys.stderr)
+            return 2
+        try:
+            experiment = load_config(args.config, args.overrides)
+            if "sim" in experiment:
+                sim_cfg = dataclass_from_config(hw.HighwaySimConfig, experiment.sim, f"{args.config}: sim")
+            if "closed_loop" in experiment:
+                cl_cfg = dataclass_from_config(cl.ClosedLoopConfig, experiment.closed_loop, f"{args.config}: closed_loop")
+        except ConfigError as e:
+            print(f"eval: {e}", file=sys.stderr)
+            return 2
+
+    if args.vehicles is not None:
+        sim_cfg = dataclasses.replace(sim_cfg, vehicles=args.vehicles)
+    flags = {"episode_s": args.episode_s, "replan_s": args.replan_s, "intent_source": args.intent}
+    cl_cfg = dataclasses.replace(cl_cfg, **{k: v for k, v in flags.items() if v is not None})
+    if args.no_ade:
+        cl_cfg = dataclasses.replace(cl_cfg, expert_ade=False)
+    if args.no_video:
+        cl_cfg = dataclasses.replace(cl_cfg, video=False)
+    if args.no_plots:
+        cl_cfg = dataclasses.replace(cl_cfg, plots=False)
+
+    names = [n.strip() for n in args.planners.split(",") if n.strip()]
+    if args.checkpoint is not None:
+        cl.load_planner_plugins()
+        if cl.LEARNED_PLANNER not in cl.PLANNERS:
+            print(f"eval: --checkpoint {args.checkpoint!r} was given, but no DriveWAM planner is registered yet "
+                  f"(wam_jax.closed_loop.PLANNERS has {sorted(cl.PLANNERS)}). Register one with "
+                  f"wam_jax.closed_loop.register_planner({cl.LEARNED_PLANNER!r}, factory), or drop --checkpoint "
+                  f"to evaluate the baselines only.", file=sys.stderr)
+            return 2
+        if not os.path.exists(args.checkpoint):
+            print(f"eval: checkpoint folder {args.checkpoint!r} does not exist", file=sys.stderr)
+            return 2
+        if cl.LEARNED_PLANNER not in names:
+            names.append(cl.LEARNED_PLANNER)
+    if not names or args.episodes < 1:
+        print("eval: need at least one planner and --episodes >= 1", file=sys.stderr)
+        return 2
+    try:
+        planners = {n: cl.build_planner(n, sim_cfg, args.checkpoint, experiment) for n in names}
+    except KeyError as e:
+        print(f"eval: {e.args[0]}", file=sys.stderr)
+        return 2
+
+    print(f"eval: planners {names}, {args.episodes} episode(s) from seed {args.seed}, {cl_cfg.episode_s:g} s each, "
+          f"replan every {cl_cfg.replan_s:g} s, intent from {cl_cfg.intent_source} -> {args.out}")
+    start = time.time()
+    results = cl.evaluate(planners, args.episodes, args.seed, sim_cfg, cl_cfg, out_dir=args.out,
+                          checkpoint=args.checkpoint, config=experiment, log=print)
+    meta = {"planners": names, "episodes": args.episodes, "seed": args.seed, "checkpoint": args.checkpoint,
+            "config": args.config, "overrides": args.overrides, "sim": dataclasses.asdict(sim_cfg),
+            "closed_loop": dataclasses.asdict(cl_cfg), "wall_s": round(time.time() - start, 2)}
+    table = cl.write_results(args.out, results, meta)
+    print()
+    print(table)
+    print(f"\nwrote {os.path.join(args.out, 'results.txt')}, results.json, videos and plots ({meta['wall_s']} s)")
+    return 0
