@@ -164,16 +164,16 @@ class DriveWAM(nn.Module):
     return_kv: bool = False
 
     @nn.compact
-    def __call__(self, video, actions, t_video, t_action, guidance=None, chunk_offset=0, past_kv=None,
-                 past_valid=None):
+    def __call__(self, video, actions, t_video, t_action, guidance=None, chunk_offset=0, past=None):
         """Predicts flow-matching velocities for every token.
 
         video: [B, S, N, F, H, W, z] latents; actions: [B, S, N, K, A] normalised waypoints;
         t_video, t_action: [B, S, N] flow times in [0, 1] (0 = clean); guidance: [B, N, Lg, text_dim] or None;
         chunk_offset: index of the first chunk (scalar, may be traced) for RoPE time positions;
-        past_kv: cached per-layer (k, v) [layers, B, P, H, Dh] of earlier chunks, past_valid: bool [B, P].
-        Returns (video_velocity [B, S, N, F, H, W, z] f32, action_velocity [B, S, N, K, A] f32, kv) where kv holds
-        this call's per-layer keys/values [layers, B, L, H, Dh] when `return_kv`, else None.
+        past: KV cache of earlier chunks {"k", "v": [layers, B, P, H, Dh], "valid": bool [layers, B, P]}; every
+        valid cached token is visible to every token of this call (they all belong to earlier chunks).
+        Returns (video_velocity [B, S, N, F, H, W, z] f32, action_velocity [B, S, N, K, A] f32, qkv) where qkv
+        holds this call's per-layer {"q", "k", "v"} [layers, B, L, H, Dh] when `return_kv`, else None.
         """
         c, w = self.wan, self.wam
         w.check(c)
@@ -208,10 +208,6 @@ class DriveWAM(nn.Module):
         rope = rope_from_positions(positions[None], c)
 
         self_mask = jnp.asarray(layout.self_mask())[None, None]
-        if past_kv is not None:
-            past = jnp.broadcast_to(past_valid[:, None, None, :], (b, 1, layout.length, past_valid.shape[1]))
-            self_mask = jnp.concatenate([past, jnp.broadcast_to(self_mask, (b, 1, layout.length, layout.length))],
-                                        axis=-1)
         if guidance is None:
             context = embedder.text(jnp.zeros((b, 1, c.text_dim), c.compute_dtype))
             cross_mask = None
@@ -221,7 +217,7 @@ class DriveWAM(nn.Module):
             cross_mask = jnp.asarray(layout.cross_mask(w.guidance_tokens))[None, None]
 
         x, kv = WanBlocks(c, return_kv=self.return_kv, name="blocks")(tokens, context, mod, rope, self_mask,
-                                                                        cross_mask, past_kv)
+                                                                        cross_mask, past)
         x = x.reshape(b, s, n, layout.per_chunk, c.dim)
         x_v, x_a = x[:, :, :, :layout.video_tokens], x[:, :, :, layout.video_tokens:]
         pt, ph, pw = c.patch_size

@@ -155,10 +155,11 @@ class Attention(nn.Module):
     cfg: WanConfig
 
     @nn.compact
-    def __call__(self, x, context=None, rope=None, mask=None, past_kv=None):
-        """x: [B, L, D]; context: [B, Lc, D] (cross) ; rope: (cos, sin) [B|1, L, Dh/2];
-        mask: bool [B|1, 1, L, Lk]; past_kv: (k, v) [B, Lp, H, Dh] prepended to this call's keys (self only).
-        Returns (out [B, L, D], (k, v) of this call's own tokens, after norm and RoPE)."""
+    def __call__(self, x, context=None, rope=None, mask=None, past=None):
+        """x: [B, L, D]; context: [B, Lc, D] (cross-attention) or None (self-attention); rope: (cos, sin)
+        [B|1, L, Dh/2]; mask: bool [B|1, 1, L, Lk], True = may attend; past (self-attention only): cached
+        {"k", "v": [B, P, H, Dh], "valid": bool [B, P]} of earlier tokens, every valid one visible to x.
+        Returns (out [B, L, D], {"q", "k", "v"} of x's own tokens after norm and RoPE)."""
         c = self.cfg
         kw = dict(dtype=c.compute_dtype, param_dtype=c.weights_dtype)
         src = x if context is None else context
@@ -172,13 +173,18 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = (checkpoint_name(a, "qkv") for a in (q, k, v))
-        new_kv = (k, v)
-        if past_kv is not None:
-            k = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
-            v = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
+        own = {"q": q, "k": k, "v": v}
+        if past is not None:
+            b, length, p = x.shape[0], x.shape[1], past["k"].shape[1]
+            own_mask = (jnp.ones((b, 1, length, length), bool) if mask is None
+                        else jnp.broadcast_to(mask, (b, 1, length, length)))
+            mask = jnp.concatenate([jnp.broadcast_to(past["valid"][:, None, None, :], (b, 1, length, p)), own_mask],
+                                   axis=-1)
+            k = jnp.concatenate([past["k"].astype(k.dtype), k], axis=1)
+            v = jnp.concatenate([past["v"].astype(v.dtype), v], axis=1)
         out = dot_product_attention(q, k, v, mask=mask, implementation=c.attention)
         out = checkpoint_name(out.reshape(*out.shape[:2], c.dim), "attn_out")
-        return dense(c.dim, ("heads", "embed"), "to_out", **kw)(out), new_kv
+        return dense(c.dim, ("heads", "embed"), "to_out", **kw)(out), own
 
 
 class FeedForward(nn.Module):
@@ -197,9 +203,10 @@ class WanBlock(nn.Module):
     cfg: WanConfig
 
     @nn.compact
-    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past_kv=None):
+    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past=None):
         """x: [B, L, D]; context: [B, Lc, D]; mod: [B, 1|L, 6, D] float32; rope: (cos, sin);
-        masks: bool [B|1, 1, L, Lk]. Returns (x, (k, v) of this block's self-attention for x's tokens)."""
+        masks: bool [B|1, 1, L, Lk]; past: this layer's KV cache (see Attention).
+        Returns (x, {"q", "k", "v"} of this block's self-attention for x's tokens)."""
         c = self.cfg
         table = self.param("scale_shift_table",
                            nn.with_logical_partitioning(lambda k, s, d: jax.random.normal(k, s, d) / c.dim ** 0.5,
@@ -209,7 +216,7 @@ class WanBlock(nn.Module):
         dt = x.dtype
 
         h = (layer_norm_f32(x, c.eps) * (1 + scale) + shift).astype(c.compute_dtype)
-        attn, kv = Attention(c, name="attn1")(h, rope=rope, mask=self_mask, past_kv=past_kv)
+        attn, kv = Attention(c, name="attn1")(h, rope=rope, mask=self_mask, past=past)
         x = (x.astype(jnp.float32) + attn.astype(jnp.float32) * gate).astype(dt)
 
         h = AffineLayerNorm(c.eps, c.weights_dtype, name="norm2")(x) if c.cross_attn_norm else x.astype(jnp.float32)
@@ -227,36 +234,33 @@ class WanBlocks(nn.Module):
     """All blocks; with `scan_layers` they run under nn.scan (compile time independent of depth), their
     parameters stacked on a leading "layers" axis. Optional rematerialisation per block.
 
-    past_kv: per-layer cached (k, v) [num_layers, B, Lp, H, Dh] or None. Returns (x, kv) where kv holds
-    every layer's self-attention keys/values of x's tokens [num_layers, B, L, H, Dh] when `return_kv`."""
+    past: per-layer KV cache {"k", "v": [layers, B, P, H, Dh], "valid": [layers, B, P]} or None. Returns
+    (x, qkv) where qkv = {"q", "k", "v"}: [layers, B, L, H, Dh] of x's tokens when `return_kv`, else None."""
     cfg: WanConfig
     return_kv: bool = False
 
     @nn.compact
-    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past_kv=None):
+    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past=None):
         c = self.cfg
         block_cls = WanBlock
-        policy = REMAT_POLICIES[c.remat]
         if c.remat != "none":
-            block_cls = nn.remat(WanBlock, policy=policy, prevent_cse=not c.scan_layers)
-        keep_kv = self.return_kv
+            block_cls = nn.remat(WanBlock, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+        keep = self.return_kv
 
         if c.scan_layers:
-            def body(block, carry, layer_kv):
-                y, kv = block(carry, context, mod, rope, self_mask, cross_mask, layer_kv)
-                return y, (kv if keep_kv else None)
+            def body(block, carry, layer_past):
+                y, qkv = block(carry, context, mod, rope, self_mask, cross_mask, layer_past)
+                return y, (qkv if keep else None)
 
             scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
                               in_axes=0, length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-            x, kvs = scanned(block_cls(c, name="blocks"), x, past_kv)
-            return x, kvs
-        kvs = []
+            return scanned(block_cls(c, name="blocks"), x, past)
+        outs = []
         for i in range(c.num_layers):
-            layer_kv = None if past_kv is None else jax.tree.map(lambda a: a[i], past_kv)
-            x, kv = block_cls(c, name=f"blocks_{i}")(x, context, mod, rope, self_mask, cross_mask, layer_kv)
-            kvs.append(kv)
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *kvs) if keep_kv else None
-        return x, stacked
+            layer_past = None if past is None else jax.tree.map(lambda a: a[i], past)
+            x, qkv = block_cls(c, name=f"blocks_{i}")(x, context, mod, rope, self_mask, cross_mask, layer_past)
+            outs.append(qkv)
+        return x, (jax.tree.map(lambda *a: jnp.stack(a), *outs) if keep else None)
 
 
 class OutputHead(nn.Module):
