@@ -82,6 +82,15 @@ def test_runner_is_deterministic_and_feeds_planners_observations():
     assert a.progress_m > 40 and a.steps == 30
 
 
+def test_expert_planner_drives_exactly_like_the_recorded_expert():
+    result = cl.run_episode(cl.ExpertPlanner(SIM), 2, SIM, FAST)
+    warmup = int(FAST.warmup_s * SIM.control_hz)
+    record = hw.record_expert_episode(SIM, 2, steps=warmup + result.steps, render=False)
+    np.testing.assert_allclose(result.poses, record.poses[warmup:], atol=1e-9)
+    for _, plan in result.plans[:-1]:  # its plans are its own future (the last one runs past the episode)
+        assert np.min(np.linalg.norm(result.poses[:, None, :2] - plan[None, : 2, :2], axis=-1), axis=0).max() < 1e-6
+
+
 def test_bad_plan_and_unknown_planner_are_reported():
     class Broken(_Recorder):
         def plan(self, obs):
@@ -133,12 +142,11 @@ def test_cli_evaluates_baselines_and_writes_outputs(tmp_path):
     proc = _run_cli("--planners", "expert,constant_velocity", "--episodes", "2", "--seed", "1", "--episode-s", "2",
                     "--vehicles", "10", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    table = proc.stdout.split("\n\n")[-2] if "\n\n" in proc.stdout else proc.stdout
     header = [line for line in proc.stdout.splitlines() if line.startswith("planner")]
     assert header and "PDMS" in header[0] and "ADE m" in header[0]
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
             if line.split() and line.split()[0] in ("expert", "constant_velocity") and len(line.split()) == 11}
-    assert set(rows) == {"expert", "constant_velocity"}, table
+    assert set(rows) == {"expert", "constant_velocity"}, proc.stdout
     assert rows["expert"][1] == "2" and rows["expert"][-1] == "0.00"  # expert plan == expert future
     assert (out / "results.txt").read_text().strip() in proc.stdout
     data = json.loads((out / "results.json").read_text())
@@ -159,3 +167,26 @@ def test_cli_checkpoint_without_registered_planner_fails_clearly(tmp_path):
     assert "no DriveWAM planner is registered" in proc.stderr
     proc = _run_cli("--planners", "nope", "--episodes", "1", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "unknown planner 'nope'" in proc.stderr
+
+
+def test_cli_reads_sim_and_closed_loop_sections_from_an_experiment_config(tmp_path, capsys):
+    from wam_jax import evaluation
+
+    config = tmp_path / "exp.py"
+    config.write_text(
+        "import ml_collections\n"
+        "def get_config(arg=None):\n"
+        "    c = ml_collections.ConfigDict()\n"
+        "    c.sim = dict(vehicles=5, image_size=[32, 32])\n"
+        "    c.closed_loop = dict(episode_s=1.0, warmup_s=0.5, video=False)\n"
+        "    return c\n")
+    out = tmp_path / "o"
+    assert evaluation.cli(["--config", str(config), "--set", "sim.vehicles=6", "--episodes", "1", "--out", str(out),
+                           "--planners", "constant_velocity"]) == 0
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["sim"]["vehicles"] == 6 and meta["sim"]["image_size"] == [32, 32]
+    assert meta["closed_loop"]["episode_s"] == 1.0 and not meta["closed_loop"]["video"]
+    assert not list(out.glob("*.mp4")) and list(out.glob("*.png"))
+    config.write_text(config.read_text().replace("episode_s=1.0", "episode_seconds=1.0"))
+    assert evaluation.cli(["--config", str(config), "--episodes", "1", "--out", str(out)]) == 2
+    assert "episode_seconds" in capsys.readouterr().err
