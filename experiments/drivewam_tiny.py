@@ -32,4 +32,11 @@ def get_config(arg=None):
     c.mesh = dict(data=1, fsdp=1, tensor=1, sequence=1)
     c.data = dict(source=arg.data, num_clips=4, chunk_seconds=4.0, seed=0, shuffle=True)
     c.guidance = dict(enabled=arg.guidance == "on")
+    c.latent = dict(kind="none" if arg.data == "synthetic" else "pixels", frame_stride=5, space_to_depth=8,
+                    vae_checkpoint="")
+    c.sampler = dict(video_steps=4, action_steps=8, solver="euler", shift=1.0, schedule="joint")
+    video_tokens = 2 * 2 * 2   # latent_frames_per_chunk × (h/2) × (w/2)
+    c.memory = dict(mode="full" if arg.memory == "full" else "selective", max_chunks=80,
+                    video_budget=4 * video_tokens, action_budget=4 * 8, recent_chunks=1, tradeoff=0.7)
+    c.rollout = dict(context_chunks=1, chunks=2, video_fps=1.0)
     return c
