@@ -66,6 +66,7 @@ def test_intent_table_is_highway_vocabulary_cached_and_matches_encoder():
     table = g.intent_table(c)
     assert table.shape == (len(INTENTS), 1, 32) and table.dtype == np.float32
     assert g.intent_table(c) is table and not table.flags.writeable
+    assert g.GuidanceConfig.from_config(c.guidance).intent_vocabulary() == tuple(INTENTS)
     np.testing.assert_array_equal(table, g.make_encoder(c.guidance, 32, 1).encode(list(INTENTS)))
     custom = g.intent_table(_config(vocabulary=("go", "stop", "wait")))
     assert custom.shape == (3, 1, 32)

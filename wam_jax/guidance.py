@@ -78,8 +78,8 @@ class GuidanceConfig:
             return section
         return dataclass_from_config(cls, section, "config.guidance")
 
-    @property
     def intent_vocabulary(self) -> tuple[str, ...]:
+        """`vocabulary`, or `sim.highway.INTENTS` when it is empty (the order of `intent_ids`)."""
         if self.vocabulary:
             return tuple(self.vocabulary)
         from wam_jax.sim.highway import INTENTS
@@ -119,7 +119,7 @@ def make_source(section: Any) -> IntentSource:
     if gc.source == "scene_rules":
         return SceneRulesSource(gc.scene_text)
     return VLMSource(gc.vlm_path, gc.vlm_prompt, gc.vlm_frames, gc.vlm_max_new_tokens, gc.max_words,
-                     gc.intent_vocabulary, gc.snap_to_vocabulary, gc.device)
+                     gc.intent_vocabulary(), gc.snap_to_vocabulary, gc.device)
 
 
 @dataclasses.dataclass
@@ -169,7 +169,7 @@ def _freeze(value):
 
 @functools.lru_cache(maxsize=8)
 def _cached_table(gc: GuidanceConfig, text_dim: int, tokens: int) -> np.ndarray:
-    table = make_encoder(gc, text_dim, tokens).encode(list(gc.intent_vocabulary))
+    table = make_encoder(gc, text_dim, tokens).encode(list(gc.intent_vocabulary()))
     table.setflags(write=False)
     return table
 
