@@ -1,0 +1,59 @@
+"""DriveWAM on highway-env: the embedded default that `make demo` runs end to end on a CPU.
+
+Data: expert (IDM + MOBIL) clips rendered as 64×64 ego-centred frames at 5 Hz, 4-s chunks with 8 waypoints at
+2 Hz; pixel-space latents (space-to-depth 8, one frame per second), scene-rule intents embedded by the
+word_hash text encoder. Model: a small Wan-architecture DiT trained from scratch.
+
+Ablations as arguments, e.g. `:guidance=off`, `:memory=selective`, `:steps=4000`, `:clips=200`.
+"""
+
+import ml_collections
+
+from data_pipelines import pipeline
+from wam_jax.config import parse_arg
+from wam_jax.models.presets import wan_model_config
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, guidance="on", memory="full", steps=2500, clips=40, data_dir="out/demo/data", seed=0,
+                    init="scratch", layers=3)
+    c = ml_collections.ConfigDict()
+    c.seed = arg.seed
+    s2d, stride = 8, 5
+    c.model = wan_model_config("tiny", num_attention_heads=2, attention_head_dim=32, num_layers=arg.layers,
+                               ffn_dim=256, in_channels=3 * s2d * s2d, out_channels=3 * s2d * s2d, text_dim=32,
+                               freq_dim=64)
+    # 20 frames per 4-s chunk / stride 5 → 4 latent frames of 8×8 (64×64 px / 8).
+    c.wam = dict(latent_frames_per_chunk=20 // stride, latent_height=64 // s2d, latent_width=64 // s2d,
+                 waypoints_per_chunk=8, action_dim=3, guidance_tokens=4, action_rope_hw=None)
+    c.chunks = 2                     # one context chunk + one predicted chunk per training example
+    c.init = arg.init
+    c.init_checkpoint = ""
+    # Per-waypoint statistics; `make demo` refits them on the built dataset (data_pipelines stats) before training.
+    c.action_norm = dict(mean=[[12.0 * (k + 1), 0.0, 0.0] for k in range(8)],
+                         std=[[3.0 * (k + 1), 0.5 * (k + 1), 0.02 * (k + 1)] for k in range(8)])
+    c.flow = dict(time_sampler="logit_normal", time_mean=0.0, time_std=1.0, time_shift=1.0, video_weight=1.0,
+                  action_weight=2.0, context="teacher_forcing", per_chunk_noise=False, independent_action_time=False,
+                  loss_from_chunk=1)
+    c.train = dict(steps=arg.steps, batch_size=8, lr=1e-3, warmup_steps=100, end_lr_ratio=0.05, weight_decay=0.01,
+                   b1=0.9, b2=0.99, clip_norm=1.0, ema_decay=0.995, freeze=(), checkpoint_every=1000,
+                   keep_checkpoints=2, async_checkpoints=True, log_every=250)
+    c.mesh = dict(data=1, fsdp=1, tensor=1, sequence=1)
+    data = pipeline.default_config(arg.data_dir).to_dict()
+    for key in ("batch_size", "shard_index", "shard_count"):   # set by the trainer (global batch, process shard)
+        data.pop(key)
+    c.data = dict(data, source="tfds", read_threads=1)
+    c.guidance = dict(enabled=arg.guidance == "on", encoder="word_hash", source="scene_rules")
+    c.latent = dict(kind="pixels", frame_stride=stride, space_to_depth=s2d, vae_checkpoint="")
+    c.sampler = dict(video_steps=4, action_steps=8, solver="euler", shift=1.0, schedule="joint")
+    video_tokens = (20 // stride) * (64 // s2d // 2) ** 2
+    c.memory = dict(mode="full" if arg.memory == "full" else "selective", max_chunks=80,
+                    video_budget=3 * video_tokens, action_budget=3 * 8, recent_chunks=1, tradeoff=0.7)
+    c.rollout = dict(context_chunks=1, chunks=1, video_fps=1.0)
+    # Simulator and closed-loop settings shared by dataset building and evaluation (same camera and traffic).
+    c.sim = dict(vehicles=30, image_size=(64, 64), frame_hz=5.0, chunk_s=4.0, waypoints_per_chunk=8,
+                 waypoint_hz=2.0)
+    c.closed_loop = dict(episode_s=20.0, warmup_s=4.0, replan_s=1.0, history_frames=21, history_poses=8,
+                         intent_source="scene", expert_ade=True, video=True, plots=True)
+    c.dataset = dict(num_clips=arg.clips, num_chunks=5, seed=0, heldout_seed=100000)
+    return c
