@@ -10,6 +10,7 @@ Ablations as arguments, e.g. `:guidance=off`, `:memory=selective`, `:steps=4000`
 import ml_collections
 
 from data_pipelines import pipeline
+from wam_jax import experiment_base as base
 from wam_jax.config import parse_arg
 from wam_jax.models.presets import wan_model_config
 
@@ -32,12 +33,9 @@ def get_config(arg=None):
     # Per-waypoint statistics; `make demo` refits them on the built dataset (data_pipelines stats) before training.
     c.action_norm = dict(mean=[[12.0 * (k + 1), 0.0, 0.0] for k in range(8)],
                          std=[[3.0 * (k + 1), 0.5 * (k + 1), 0.02 * (k + 1)] for k in range(8)])
-    c.flow = dict(time_sampler="logit_normal", time_mean=0.0, time_std=1.0, time_shift=1.0, video_weight=1.0,
-                  action_weight=2.0, context="teacher_forcing", per_chunk_noise=False, independent_action_time=False,
-                  loss_from_chunk=1)
-    c.train = dict(steps=arg.steps, batch_size=8, lr=1e-3, warmup_steps=100, end_lr_ratio=0.05, weight_decay=0.01,
-                   b1=0.9, b2=0.99, clip_norm=1.0, ema_decay=0.995, freeze=(), checkpoint_every=1000,
-                   keep_checkpoints=2, async_checkpoints=True, log_every=250)
+    c.flow = base.flow(action_weight=2.0, loss_from_chunk=1)
+    c.train = base.train(arg.steps, 8, lr=1e-3, warmup_steps=100, end_lr_ratio=0.05, b2=0.99, ema_decay=0.995,
+                         keep_checkpoints=2, log_every=250)
     c.mesh = dict(data=1, fsdp=1, tensor=1, sequence=1)
     data = pipeline.default_config(arg.data_dir).to_dict()
     for key in ("batch_size", "shard_index", "shard_count"):   # set by the trainer (global batch, process shard)
@@ -45,10 +43,9 @@ def get_config(arg=None):
     c.data = dict(data, source="tfds", read_threads=1)
     c.guidance = dict(enabled=arg.guidance == "on", encoder="word_hash", source="scene_rules")
     c.latent = dict(kind="pixels", frame_stride=stride, space_to_depth=s2d, vae_checkpoint="")
-    c.sampler = dict(video_steps=4, action_steps=8, solver="euler", shift=1.0, schedule="joint")
-    video_tokens = (20 // stride) * (64 // s2d // 2) ** 2
-    c.memory = dict(mode="full" if arg.memory == "full" else "selective", max_chunks=80,
-                    video_budget=3 * video_tokens, action_budget=3 * 8, recent_chunks=1, tradeoff=0.7)
+    c.sampler = base.sampler(video_steps=4, action_steps=8)
+    c.memory = base.memory(arg.memory, video_tokens_per_chunk=(20 // stride) * (64 // s2d // 2) ** 2,
+                           action_tokens_per_chunk=8, budget_chunks=3)
     c.rollout = dict(context_chunks=1, chunks=1, video_fps=1.0)
     # Simulator and closed-loop settings shared by dataset building and evaluation (same camera and traffic).
     c.sim = dict(vehicles=30, image_size=(64, 64), frame_hz=5.0, chunk_s=4.0, waypoints_per_chunk=8,

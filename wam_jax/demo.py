@@ -13,7 +13,6 @@ Reruns reuse the dataset and the finished training run in OUT (deterministic: sa
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -106,36 +105,25 @@ def _save_png(path: str, image: np.ndarray) -> None:
     iio.imwrite(path, image)
 
 
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wam_jax demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="out/demo")
-    parser.add_argument("--config", default=EXPERIMENT, help="experiment file[:args] (default %(default)s)")
-    parser.add_argument("--episodes", type=int, default=8, help="held-out closed-loop episodes per planner")
-    parser.add_argument("--fresh", action="store_true", help="delete OUT first")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+def run(config, out: str, episodes: int, imagine: bool = True, config_name: str = EXPERIMENT,
+        overrides=()) -> dict:
+    """The whole pipeline on `config` into `out`; returns the closed-loop aggregates (and imagination errors)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")     # "dummy" renders blank frames in highway-env
     from wam_jax import closed_loop as cl
-    from wam_jax.config import dataclass_from_config, load_config
+    from wam_jax.config import dataclass_from_config
+    from wam_jax.drivewam_planner import DriveWAMPlanner
     from wam_jax.rollout import load_trained_params
     from wam_jax.sim import highway as hw
     from wam_jax.train import Trainer
 
-    if args.fresh and os.path.isdir(args.out):
-        shutil.rmtree(args.out)
-    os.makedirs(args.out, exist_ok=True)
-    t0 = time.perf_counter()
-    spec = args.config + ("," if ":" in args.config else ":") + f"data_dir={os.path.join(args.out, 'data')}"
-    config = load_config(spec, args.set)
-
-    train_dir, heldout_dir = build_datasets(config, args.out)
+    os.makedirs(out, exist_ok=True)
+    train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out)
     norm = fit_action_norm(train_dir)
     with config.unlocked():
         config.data.data_dir = train_dir
         config.action_norm.mean = norm.mean.tolist()
         config.action_norm.std = norm.std.tolist()
-    workdir = os.path.join(args.out, "run")
+    workdir = os.path.join(out, "run")
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(config.to_dict(), f, indent=2, default=str)
@@ -148,36 +136,58 @@ def cli(argv: list[str]) -> int:
     sim_cfg = dataclass_from_config(hw.HighwaySimConfig, config.sim, "config.sim")
     cl_cfg = dataclass_from_config(cl.ClosedLoopConfig, config.closed_loop, "config.closed_loop")
     params, step = load_trained_params(workdir, config)
-    from wam_jax.drivewam_planner import DriveWAMPlanner
     planners = {"expert": cl.ExpertPlanner(sim_cfg), "constant_velocity": cl.ConstantVelocityPlanner(),
                 "drivewam": DriveWAMPlanner(config, params, sim_cfg)}
     start = time.perf_counter()
-    eval_dir = os.path.join(args.out, "eval")
-    _log(f"[eval] closed loop: {args.episodes} held-out seeds from {EVAL_SEED}, {cl_cfg.episode_s:g} s each")
-    results = cl.evaluate(planners, args.episodes, EVAL_SEED, sim_cfg, cl_cfg, eval_dir, log=_log)
-    table = cl.format_table(results)
-    cl.write_results(eval_dir, results, {"checkpoint_step": step, "config": args.config, "overrides": args.set})
+    eval_dir = os.path.join(out, "eval")
+    _log(f"[eval] closed loop: {episodes} held-out seeds from {EVAL_SEED}, {cl_cfg.episode_s:g} s each")
+    results = cl.evaluate(planners, episodes, EVAL_SEED, sim_cfg, cl_cfg, eval_dir, log=_log)
+    cl.write_results(eval_dir, results, {"checkpoint_step": step, "config": config_name,
+                                         "overrides": list(overrides)})
     _log(f"[eval] done ({time.perf_counter() - start:.0f} s)")
+    summary = {"table": cl.format_table(results), "aggregates": {n: cl.aggregate(r) for n, r in results.items()}}
+    if imagine:
+        summary["imagination"] = imagine_heldout(config, params, heldout_dir, out)
+    return summary
 
-    imagination = imagine_heldout(config, params, heldout_dir, args.out)
-    agg = {name: cl.aggregate(r) for name, r in results.items()}
-    ours, cv = agg["drivewam"], agg["constant_velocity"]
-    better_collisions = ours["collision_rate"] < cv["collision_rate"]
-    better_progress = ours["progress_m"] > cv["progress_m"]
+
+def verdict(aggregates: dict) -> str:
+    ours, cv = aggregates["drivewam"], aggregates["constant_velocity"]
+    better = ours["collision_rate"] < cv["collision_rate"] or ours["progress_m"] > cv["progress_m"]
     not_worse = ours["collision_rate"] <= cv["collision_rate"] and ours["progress_m"] >= cv["progress_m"]
-    verdict = ("DriveWAM beats constant velocity" if (better_collisions or better_progress) and not_worse
-               else "DriveWAM does NOT beat constant velocity on both collision rate and progress")
-    summary = [
-        "", "Closed loop in highway-env (held-out seeds)", table, "",
-        f"{verdict} (collisions {ours['collision_rate']:.2f} vs {cv['collision_rate']:.2f}, "
-        f"progress {ours['progress_m']:.0f} m vs {cv['progress_m']:.0f} m).",
+    head = ("DriveWAM beats constant velocity" if better and not_worse
+            else "DriveWAM does NOT beat constant velocity on collision rate and progress")
+    return (f"{head} (collisions {ours['collision_rate']:.2f} vs {cv['collision_rate']:.2f}, "
+            f"progress {ours['progress_m']:.0f} m vs {cv['progress_m']:.0f} m).")
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wam_jax demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="out/demo")
+    parser.add_argument("--config", default=EXPERIMENT, help="experiment file[:args] (default %(default)s)")
+    parser.add_argument("--episodes", type=int, default=8, help="held-out closed-loop episodes per planner")
+    parser.add_argument("--fresh", action="store_true", help="delete OUT first")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    from wam_jax.config import load_config
+
+    if args.fresh and os.path.isdir(args.out):
+        shutil.rmtree(args.out)
+    t0 = time.perf_counter()
+    spec = args.config + ("," if ":" in args.config else ":") + f"data_dir={os.path.join(args.out, 'data')}"
+    config = load_config(spec, args.set)
+    summary = run(config, args.out, args.episodes, config_name=args.config, overrides=args.set)
+    imagination = summary["imagination"]
+    lines = [
+        "", "Closed loop in highway-env (held-out seeds)", summary["table"], "", verdict(summary["aggregates"]),
         f"Open-loop imagination on a held-out clip: {imagination['chunks']} chunks, ADE {imagination['ade_m']:.2f} m, "
         f"FDE {imagination['fde_m']:.2f} m.",
         f"Outputs in {args.out}: eval/results.txt, eval/*.mp4 + *.png (per episode), real_vs_imagined.mp4/.png, "
         f"imagined_trajectory.png, run/ (checkpoints, tensorboard).",
         f"Total {time.perf_counter() - t0:.0f} s.",
     ]
-    text = "\n".join(summary)
+    text = "\n".join(lines)
     _log(text)
     with open(os.path.join(args.out, "summary.txt"), "w") as f:
         f.write(text + "\n")
