@@ -80,17 +80,26 @@ def synthetic_clip(rng: np.random.Generator, chunks: int, waypoints: int, chunk_
 
 
 class SyntheticIterator:
-    """Cycles deterministically over `num_clips` generated clips in batches; position = batches consumed."""
+    """Cycles deterministically over `num_clips` generated clips in global batches of `batch_size`; position =
+    batches consumed. With several processes each one yields its rows [p·B/P, (p+1)·B/P) of the same global
+    batch a single-process run sees (every process generates the same clips), so a multi-process run trains
+    on exactly the single-process data."""
 
     def __init__(self, *, num_clips: int, batch_size: int, chunks: int, waypoints: int, chunk_seconds: float,
-                 latent_shape, seed: int = 0, shuffle: bool = True):
+                 latent_shape, seed: int = 0, shuffle: bool = True, process_index: int = 0, process_count: int = 1):
+        if batch_size % process_count or not 0 <= process_index < process_count:
+            raise ValueError(f"global batch_size={batch_size} must split evenly over {process_count} processes "
+                             f"(process_index={process_index})")
         rng = np.random.default_rng(seed)
         clips = [synthetic_clip(rng, chunks, waypoints, chunk_seconds, tuple(latent_shape)) for _ in range(num_clips)]
         self._clips = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
         self._num, self._batch, self._seed, self._shuffle = num_clips, batch_size, seed, shuffle
+        per_process = batch_size // process_count
+        self._rows = slice(process_index * per_process, (process_index + 1) * per_process)
         self._position = 0
 
     def _indices(self, position: int) -> np.ndarray:
+        """Clip indices of global batch `position` (all processes' rows)."""
         start = position * self._batch
         epoch, offset = divmod(start, self._num)
         idx = []
@@ -105,7 +114,7 @@ class SyntheticIterator:
         return self
 
     def __next__(self):
-        idx = self._indices(self._position)
+        idx = self._indices(self._position)[self._rows]
         self._position += 1
         return {k: v[idx] for k, v in self._clips.items()}
 
@@ -122,14 +131,14 @@ def make_iterator(config, process_index: int = 0, process_count: int = 1) -> Bat
     global_batch = config.train.batch_size
     if global_batch % process_count:
         raise ValueError(f"train.batch_size={global_batch} is not divisible by {process_count} processes")
-    per_process = global_batch // process_count
     if d.source == "synthetic":
         w = config.wam
-        return SyntheticIterator(num_clips=d.num_clips, batch_size=per_process, chunks=config.chunks,
+        return SyntheticIterator(num_clips=d.num_clips, batch_size=global_batch, chunks=config.chunks,
                                  waypoints=w.waypoints_per_chunk, chunk_seconds=d.chunk_seconds,
                                  latent_shape=(w.latent_frames_per_chunk, w.latent_height, w.latent_width,
                                                config.model.in_channels),
-                                 seed=d.seed + 1000 * process_index, shuffle=d.shuffle)
+                                 seed=d.seed, shuffle=d.shuffle, process_index=process_index,
+                                 process_count=process_count)
     if d.source == "tfds":
         from data_pipelines import pipeline  # heavy imports only when used
         return pipeline.make_train_iterator(config, process_index=process_index, process_count=process_count)

@@ -10,9 +10,10 @@ split), sequence (activation length split; size 1 unless long-context training a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -63,6 +64,21 @@ def logical_specs(boxed_tree) -> Any:
     return nn.get_partition_spec(boxed_tree)
 
 
+@contextlib.contextmanager
+def activation_context(mesh: Mesh, rules=RULES) -> Iterator[None]:
+    """Makes `nn.with_logical_constraint` in model code real: the rules table plus `mesh` as the ambient mesh.
+
+    Without both, flax silently skips activation constraints (no rules → no-op; no ambient mesh → no-op). Enter it
+    around `model.apply` inside the jitted function, as `Trainer.apply` does (there it sets the abstract mesh;
+    around eager code, where `jax.set_mesh` is allowed, the concrete one)."""
+    try:
+        mesh_context = jax.set_mesh(mesh)
+    except ValueError:      # inside jit, where set_mesh is refused
+        mesh_context = jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+    with mesh_context, nn.logical_axis_rules(rules):
+        yield
+
+
 def mesh_shardings(boxed_tree, mesh: Mesh, rules=RULES) -> Any:
     """NamedShardings for every leaf of a boxed tree under the rules table."""
     specs = nn.logical_to_mesh(logical_specs(boxed_tree), rules)
@@ -79,6 +95,30 @@ def _drop_trivial(spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
         axes = tuple(a for a in axes if mesh.shape[a] > 1)
         return None if not axes else (axes[0] if len(axes) == 1 else axes)
     return PartitionSpec(*(keep(e) for e in spec))
+
+
+def follow_params(tree, param_shapes, param_shardings, mesh: Mesh) -> Any:
+    """Shardings for a tree that holds copies of the parameters somewhere inside (optimizer moments, EMA): a leaf
+    whose key path ends with a parameter's key path and has that parameter's shape gets its sharding, every other
+    leaf (step counters, scalars) is replicated.
+
+    Optimizer state is never left to the compiler: `optimizer.init` builds moments with `zeros_like`, which does
+    not depend on the parameter values, so XLA has no sharding to propagate and would place them on one device."""
+    by_path = {}
+    for path, shape in jax.tree_util.tree_leaves_with_path(param_shapes):
+        by_path[tuple(path)] = (shape.shape, None)
+    for path, sh in jax.tree_util.tree_leaves_with_path(param_shardings):
+        by_path[tuple(path)] = (by_path[tuple(path)][0], sh)
+    depths = sorted({len(p) for p in by_path}, reverse=True)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def pick(path, leaf):
+        for depth in depths:
+            hit = by_path.get(tuple(path[-depth:])) if len(path) >= depth else None
+            if hit is not None and tuple(hit[0]) == tuple(leaf.shape):
+                return hit[1]
+        return replicated
+    return jax.tree_util.tree_map_with_path(pick, tree)
 
 
 def batch_sharding(mesh: Mesh, rank: int) -> NamedSharding:
@@ -102,12 +142,63 @@ def fit_shardings(shardings, shapes):
     return jax.tree.map(fit, shardings, shapes)
 
 
-def initialize_distributed() -> None:
-    """Starts multi-host JAX from the environment (SLURM, Kubernetes/GKE, TPU pods, or the explicit
-    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables). No-op on one process."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                                   num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
-    elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")):
-        jax.distributed.initialize()
+def distributed_init_args(env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """How this process should join a multi-process run, read from the environment:
+
+    - explicit: JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES, JAX_PROCESS_ID (or, in a
+      Kubernetes indexed Job, JOB_COMPLETION_INDEX), optional JAX_LOCAL_DEVICE_IDS ("0,1,2,3");
+    - SLURM: a job step with several tasks (`srun`, SLURM_NTASKS > 1) → JAX's SLURM auto-detection;
+    - TPU pods / GKE TPU / multislice: TPU_WORKER_HOSTNAMES or MEGASCALE_COORDINATOR_ADDRESS → auto-detection;
+    - WAM_DISTRIBUTED=auto forces `jax.distributed.initialize()` auto-detection (Cloud TPU VMs, Open MPI);
+      WAM_DISTRIBUTED=off forces a single process.
+
+    Returns keyword arguments for `jax.distributed.initialize` ({} = auto-detect) or None for a single process."""
+    env = os.environ if env is None else env
+    mode = env.get("WAM_DISTRIBUTED", "").lower()
+    if mode in ("off", "0", "false", "no"):
+        return None
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        process_id = env.get("JAX_PROCESS_ID", env.get("JOB_COMPLETION_INDEX"))
+        missing = [name for name, value in (("JAX_NUM_PROCESSES", env.get("JAX_NUM_PROCESSES")),
+                                            ("JAX_PROCESS_ID", process_id)) if value in (None, "")]
+        if missing:
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']} is set but {missing} "
+                             "are not; set all three (JAX_PROCESS_ID may come from JOB_COMPLETION_INDEX on "
+                             "Kubernetes), or unset JAX_COORDINATOR_ADDRESS for a single-process run")
+        args: dict[str, Any] = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                                    num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(process_id))
+        if not 0 <= args["process_id"] < args["num_processes"]:
+            raise ValueError(f"JAX_PROCESS_ID={args['process_id']} is outside [0, JAX_NUM_PROCESSES="
+                             f"{args['num_processes']})")
+        if env.get("JAX_LOCAL_DEVICE_IDS"):
+            args["local_device_ids"] = [int(i) for i in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
+        return args
+    if mode == "auto":
+        return {}
+    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1"))) > 1:
+        if "SLURM_STEP_NODELIST" not in env:
+            raise ValueError("SLURM job with several tasks but no job step: launch training with `srun` (one task "
+                             "per host or per GPU) so each process gets SLURM_PROCID/SLURM_STEP_NODELIST")
+        return {"cluster_detection_method": "slurm"} if _has_cluster_detection() else {}
+    if env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return {}
+    return None
+
+
+def _has_cluster_detection() -> bool:
+    import inspect
+    return "cluster_detection_method" in inspect.signature(jax.distributed.initialize).parameters
+
+
+def initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
+    """Starts multi-process JAX from the environment (see `distributed_init_args`); call it first, before anything
+    touches a device. No-op for a single process or when JAX is already initialised. Returns whether this is a
+    multi-process run."""
+    args = distributed_init_args(env)
+    if args is None or jax.distributed.is_initialized():
+        return jax.distributed.is_initialized()
+    jax.distributed.initialize(**args)
+    if jax.process_index() == 0:
+        print(f"distributed: {jax.process_count()} processes, {jax.device_count()} devices "
+              f"({jax.local_device_count()} per process, {jax.devices()[0].platform})", flush=True)
+    return True

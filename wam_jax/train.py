@@ -135,10 +135,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.tc, shapes)
         abstract_opt = jax.eval_shape(self.optimizer.init, shapes)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        # Optimizer moments follow their parameters: let the compiler propagate the param shardings through init.
-        sharded_shapes = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-                                      self.param_shardings)
-        opt_shardings = jax.jit(self.optimizer.init).lower(sharded_shapes).compile().output_shardings
+        # Optimizer moments follow their parameters (matched by key path and shape); counters are replicated.
+        opt_shardings = sharding.follow_params(abstract_opt, shapes, self.param_shardings, self.mesh)
         self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
                                           ema_params=self.param_shardings, opt_state=opt_shardings)
         self.abstract_state = jax.tree.map(
@@ -173,7 +171,8 @@ class Trainer:
     def initial_state(self) -> TrainState:
         params = self._initial_params()
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(params)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+        step = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=self.state_shardings.step)()
+        return TrainState(step=step, params=params,
                           ema_params=jax.tree.map(jnp.copy, params), opt_state=opt_state)
 
     def restore_or_init(self) -> TrainState:
@@ -193,7 +192,7 @@ class Trainer:
 
     # ----- step --------------------------------------------------------------------------------------------
     def apply(self, params, video, actions, t_video, t_action, guidance):
-        with nn.logical_axis_rules(sharding.RULES):
+        with sharding.activation_context(self.mesh):     # rules + mesh: activation constraints apply
             return self.model.apply({"params": params}, video, actions, t_video, t_action, guidance)
 
     def _build_step(self):
