@@ -11,6 +11,7 @@ split), sequence (activation length split; size 1 unless long-context training a
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from typing import Any, Iterator, Mapping, Sequence
@@ -140,6 +141,36 @@ def fit_shardings(shardings, shapes):
                 spec[i] = None
         return NamedSharding(sharding.mesh, PartitionSpec(*spec))
     return jax.tree.map(fit, shardings, shapes)
+
+
+def gather_host_states(state: Any) -> Any:
+    """A JSON-able per-process state (a data iterator's position) → what to checkpoint. One process: the state
+    itself. Several: {"per_process": [state of process 0, 1, ...]}, all-gathered so that process 0, which writes
+    JSON checkpoint items for everyone, has them all. Collective: every process must call it."""
+    if jax.process_count() == 1:
+        return state
+    from jax.experimental import multihost_utils
+    blob = np.frombuffer(json.dumps(state, sort_keys=True).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([blob.size], np.int32))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:blob.size] = blob
+    blobs = np.asarray(multihost_utils.process_allgather(padded))
+    return {"per_process": [json.loads(bytes(blobs[i, :sizes[i]]).decode()) for i in range(len(sizes))]}
+
+
+def pick_host_state(saved: Any) -> Any:
+    """This process's state from what `gather_host_states` saved (a single-process state is everyone's)."""
+    if not (isinstance(saved, Mapping) and "per_process" in saved):
+        return saved
+    states = saved["per_process"]
+    if len(states) == jax.process_count():
+        return states[jax.process_index()]
+    if all(st == states[0] for st in states):
+        return states[0]
+    raise ValueError(f"the checkpoint's data position was saved by {len(states)} processes with different "
+                     f"per-process states; it cannot be resumed by {jax.process_count()} processes. Resume with "
+                     f"{len(states)} processes, or use a data source whose position does not depend on the "
+                     "process count (data.source='synthetic')")
 
 
 def distributed_init_args(env: Mapping[str, str] | None = None) -> dict[str, Any] | None:

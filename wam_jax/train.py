@@ -181,14 +181,15 @@ class Trainer:
             return self.initial_state()
         restored = self.checkpoints.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(self.abstract_state), data=ocp.args.JsonRestore()))
-        self.data.set_state(restored["data"])
+        self.data.set_state(sharding.pick_host_state(restored["data"]))     # this process's position
         print(f"resumed from step {step} ({self.workdir}/checkpoints)", flush=True)
         return restored["state"]
 
     def save(self, state: TrainState, force: bool = False):
         step = int(state.step)
         self.checkpoints.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(self.data.get_state())), force=force)
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(sharding.gather_host_states(self.data.get_state()))), force=force)
 
     # ----- step --------------------------------------------------------------------------------------------
     def apply(self, params, video, actions, t_video, t_action, guidance):
