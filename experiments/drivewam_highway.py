@@ -1,7 +1,7 @@
 """DriveWAM on highway-env: the embedded default that `make demo` runs end to end on a CPU.
 
 Data: expert (IDM + MOBIL) clips rendered as 64×64 ego-centred frames at 5 Hz, 4-s chunks with 8 waypoints at
-2 Hz; pixel-space latents (space-to-depth 8, one frame per second), scene-rule intents embedded by the
+2 Hz; pixel-space latents (space-to-depth 8, one frame every 2 s), scene-rule intents embedded by the
 word_hash text encoder. Model: a small Wan-architecture DiT trained from scratch.
 
 Ablations as arguments, e.g. `:guidance=off`, `:memory=selective`, `:steps=4000`, `:clips=200`.
@@ -16,15 +16,15 @@ from wam_jax.models.presets import wan_model_config
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, guidance="on", memory="full", steps=2500, clips=40, data_dir="out/demo/data", seed=0,
+    arg = parse_arg(arg, guidance="on", memory="full", steps=2000, clips=40, data_dir="out/demo/data", seed=0,
                     init="scratch", layers=3)
     c = ml_collections.ConfigDict()
     c.seed = arg.seed
-    s2d, stride = 8, 5
+    s2d, stride = 8, 10
     c.model = wan_model_config("tiny", num_attention_heads=2, attention_head_dim=32, num_layers=arg.layers,
                                ffn_dim=256, in_channels=3 * s2d * s2d, out_channels=3 * s2d * s2d, text_dim=32,
                                freq_dim=64)
-    # 20 frames per 4-s chunk / stride 5 → 4 latent frames of 8×8 (64×64 px / 8).
+    # 20 frames per 4-s chunk / stride 10 → 2 latent frames of 8×8 (64×64 px / 8).
     c.wam = dict(latent_frames_per_chunk=20 // stride, latent_height=64 // s2d, latent_width=64 // s2d,
                  waypoints_per_chunk=8, action_dim=3, guidance_tokens=4, action_rope_hw=None)
     c.chunks = 2                     # one context chunk + one predicted chunk per training example
@@ -52,5 +52,7 @@ def get_config(arg=None):
                  waypoint_hz=2.0)
     c.closed_loop = dict(episode_s=20.0, warmup_s=4.0, replan_s=1.0, history_frames=21, history_poses=8,
                          intent_source="scene", expert_ade=True, video=True, plots=True)
-    c.dataset = dict(num_clips=arg.clips, num_chunks=5, seed=0, heldout_seed=100000)
+    # Expert demonstrations with small steering bursts (noise injection) so the data shows lane recovery.
+    c.dataset = dict(num_clips=arg.clips, num_chunks=5, seed=0, heldout_seed=100000, perturb_steering=0.05,
+                     perturb_rate_hz=0.3, perturb_s=0.6)
     return c

@@ -50,6 +50,9 @@ class HighwayConfig(builders.ClipBuilderConfig):
     waypoints_per_chunk: int = 8
     waypoint_hz: float = 2.0
     expert_target_speed: float = 30.0
+    perturb_steering: float = 0.0     # noise injection (see HighwaySimConfig): recovery demonstrations
+    perturb_rate_hz: float = 0.0
+    perturb_s: float = 0.6
     frame_codec: str = "png"
 
 
@@ -62,7 +65,8 @@ def sim_config(config: HighwayConfig, seed: int):
         duration_s=config.warmup_s + config.num_chunks * config.chunk_s + 1.0, frame_hz=config.frame_hz,
         image_size=tuple(config.image_size), scaling=config.scaling, supersample=config.supersample,
         chunk_s=config.chunk_s, waypoints_per_chunk=config.waypoints_per_chunk, waypoint_hz=config.waypoint_hz,
-        seed=seed, expert_target_speed=config.expert_target_speed)
+        seed=seed, expert_target_speed=config.expert_target_speed, perturb_steering=config.perturb_steering,
+        perturb_rate_hz=config.perturb_rate_hz, perturb_s=config.perturb_s)
 
 
 def make_clip(config: HighwayConfig, seed: int, env=None) -> schema.ClipRecord | None:

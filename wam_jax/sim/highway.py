@@ -82,6 +82,12 @@ class HighwaySimConfig:
     max_acceleration: float = 5.0  # |a| that the normalised action 1.0 maps to [m/s^2]
     max_steering: float = math.pi / 4  # |steering| that the normalised action 1.0 maps to [rad]
     kinematics_obs: bool = False  # gym obs = highway-env's Kinematics table (pandas, ~40% of a step); else {"time"}
+    # Recorded demonstrations only (noise injection, as in DART): steering bursts push the ego off the lane
+    # centre so the data shows the expert recovering; a planner trained on perfectly centred driving never sees
+    # how to come back. Off (0) by default and never used in evaluation.
+    perturb_steering: float = 0.0  # max |normalised steering| added during a burst
+    perturb_rate_hz: float = 0.0  # bursts start at this rate (Poisson)
+    perturb_s: float = 0.6  # burst length
 
     def __post_init__(self):
         def need(cond: bool, msg: str):
@@ -657,8 +663,16 @@ def record_expert_episode(cfg: HighwaySimConfig, seed: int, steps: int | None = 
             frames.append(render_frame(env, cfg)), frame_steps.append(t)
 
     observe(0)
+    noise = np.random.default_rng([int(seed), 7])
+    burst_left, offset = 0, 0.0
     for t in range(steps):
         a = expert_action(env, cfg)
+        if cfg.perturb_steering > 0 and burst_left == 0 and noise.random() < cfg.perturb_rate_hz / cfg.control_hz:
+            burst_left = int(round(cfg.perturb_s * cfg.control_hz))
+            offset = noise.uniform(-cfg.perturb_steering, cfg.perturb_steering)
+        if burst_left > 0:
+            a = np.array([a[0], np.clip(a[1] + offset, -1.0, 1.0)], dtype=a.dtype)
+            burst_left -= 1
         _, _, terminated, truncated, _ = env.step(a)
         actions.append(a)
         observe(t + 1)
