@@ -59,7 +59,7 @@ def synthetic_clip(rng: np.random.Generator, chunks: int, waypoints: int, chunk_
     speed = rng.uniform(5.0, 15.0)
     yaw_rate = rng.uniform(-0.1, 0.1)
     basis = rng.standard_normal((3, h, w, z)).astype(np.float32)
-    wps, lats = [], []
+    wps, lats, intents = [], [], []
     dt = chunk_seconds / waypoints
     for _ in range(chunks):
         times = np.arange(1, waypoints + 1) * dt
@@ -70,13 +70,15 @@ def synthetic_clip(rng: np.random.Generator, chunks: int, waypoints: int, chunk_
         else:
             x, y = speed * times, np.zeros_like(times)
         wps.append(np.stack([x, y, heading], -1))
+        # Intent ids in the highway vocabulary (keep lane, change lane left, change lane right, slow down).
+        intents.append(1 if y[-1] > 2.0 else 2 if y[-1] < -2.0 else 0)
         phase = np.linspace(0, 1, f)[:, None, None, None]
         lat = (speed / 10.0 - 1.0) * basis[0] + 10.0 * yaw_rate * basis[1] + phase * basis[2]
         lats.append(lat.astype(np.float32) + 0.1 * rng.standard_normal((f, h, w, z)).astype(np.float32))
         speed = float(np.clip(speed + rng.normal(0, 1.0), 2.0, 20.0))
         yaw_rate = float(np.clip(yaw_rate + rng.normal(0, 0.02), -0.15, 0.15))
     return {"latents": np.concatenate(lats, 0), "waypoints": np.stack(wps).astype(np.float32),
-            "command": np.ones((chunks,), np.int32)}
+            "command": np.ones((chunks,), np.int32), "intent_ids": np.asarray(intents, np.int32)}
 
 
 class SyntheticIterator:
