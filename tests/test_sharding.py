@@ -197,26 +197,36 @@ def test_synthetic_process_slices_make_the_single_process_batch():
 
 
 def test_distributed_init_args_from_environment():
+    def args(env):
+        out = sharding.distributed_init_args(env)
+        return out if out is None else {k: v for k, v in out.items() if k != "cluster_detection_method"}
+
     explicit = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2",
                 "JAX_LOCAL_DEVICE_IDS": "0,1"}
-    assert sharding.distributed_init_args(explicit) == dict(coordinator_address="10.0.0.1:1234", num_processes=4,
-                                                            process_id=2, local_device_ids=[0, 1])
+    assert args(explicit) == dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=2,
+                                  local_device_ids=[0, 1])
+    # Explicit variables win over a surrounding SLURM allocation (JAX's detection would pin one device).
+    inside_slurm = dict(explicit, SLURM_JOB_ID="7", SLURM_NTASKS="4", SLURM_STEP_NODELIST="n1")
+    assert sharding.distributed_init_args(inside_slurm).get("cluster_detection_method") in (None, "deactivate")
     k8s = {"JAX_COORDINATOR_ADDRESS": "train-0.train:1234", "JAX_NUM_PROCESSES": "2", "JOB_COMPLETION_INDEX": "1"}
-    assert sharding.distributed_init_args(k8s)["process_id"] == 1
+    assert args(k8s)["process_id"] == 1
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
-        sharding.distributed_init_args({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_PROCESS_ID": "0"})
+        args({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_PROCESS_ID": "0"})
     with pytest.raises(ValueError, match="outside"):
-        sharding.distributed_init_args({**explicit, "JAX_PROCESS_ID": "4"})
-    slurm = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "16", "SLURM_STEP_NODELIST": "node[1-4]", "SLURM_PROCID": "3",
-             "SLURM_LOCALID": "3"}
-    assert sharding.distributed_init_args(slurm) in ({}, {"cluster_detection_method": "slurm"})
-    assert sharding.distributed_init_args({"SLURM_JOB_ID": "77", "SLURM_NTASKS": "1"}) is None
+        args({**explicit, "JAX_PROCESS_ID": "4"})
+    slurm = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "16", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_PROCID": "3",
+             "SLURM_LOCALID": "3", "SLURM_STEP_TASKS_PER_NODE": "8(x2)"}
+    assert args(slurm) == {}                                     # one task per GPU: JAX's own detection
+    per_node = dict(slurm, SLURM_NTASKS="2", SLURM_STEP_TASKS_PER_NODE="1(x2)", CUDA_VISIBLE_DEVICES="0,1,2,3")
+    assert args(per_node) == {"local_device_ids": [0, 1, 2, 3]}  # one task per node: all of its GPUs
+    assert args(dict(slurm, CUDA_VISIBLE_DEVICES="5")) == {"local_device_ids": [0]}    # --gpus-per-task=1
+    assert args({"SLURM_JOB_ID": "77", "SLURM_NTASKS": "1"}) is None
     with pytest.raises(ValueError, match="srun"):
-        sharding.distributed_init_args({"SLURM_JOB_ID": "77", "SLURM_NTASKS": "4"})
-    assert sharding.distributed_init_args({"TPU_WORKER_HOSTNAMES": "t0,t1"}) == {}
-    assert sharding.distributed_init_args({"WAM_DISTRIBUTED": "auto"}) == {}
-    assert sharding.distributed_init_args({**explicit, "WAM_DISTRIBUTED": "off"}) is None
-    assert sharding.distributed_init_args({}) is None
+        args({"SLURM_JOB_ID": "77", "SLURM_NTASKS": "4"})
+    assert args({"TPU_WORKER_HOSTNAMES": "t0,t1"}) == {}
+    assert args({"WAM_DISTRIBUTED": "auto"}) == {}
+    assert args({**explicit, "WAM_DISTRIBUTED": "off"}) is None
+    assert args({}) is None
     assert sharding.initialize_distributed({}) is False      # single process: nothing started
 
 

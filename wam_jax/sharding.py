@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import re
 from typing import Any, Iterator, Mapping, Sequence
 
 import flax.linen as nn
@@ -177,17 +178,23 @@ def distributed_init_args(env: Mapping[str, str] | None = None) -> dict[str, Any
     """How this process should join a multi-process run, read from the environment:
 
     - explicit: JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES, JAX_PROCESS_ID (or, in a
-      Kubernetes indexed Job, JOB_COMPLETION_INDEX), optional JAX_LOCAL_DEVICE_IDS ("0,1,2,3");
-    - SLURM: a job step with several tasks (`srun`, SLURM_NTASKS > 1) → JAX's SLURM auto-detection;
-    - TPU pods / GKE TPU / multislice: TPU_WORKER_HOSTNAMES or MEGASCALE_COORDINATOR_ADDRESS → auto-detection;
+      Kubernetes indexed Job, JOB_COMPLETION_INDEX); JAX's own cluster detection is then switched off so that
+      nothing else (e.g. SLURM variables) changes these;
+    - SLURM: a job step with several tasks (`srun`) → JAX's SLURM detection. JAX binds each process to one
+      device (SLURM_LOCALID), right for one task per GPU (or the one GPU in CUDA_VISIBLE_DEVICES, as with
+      --gpus-per-task=1); with one task per node the process gets all its node's GPUs (CUDA_VISIBLE_DEVICES or
+      SLURM_GPUS_ON_NODE);
+    - TPU pods / GKE TPU / multislice: TPU_WORKER_HOSTNAMES or MEGASCALE_COORDINATOR_ADDRESS → JAX's detection;
     - WAM_DISTRIBUTED=auto forces `jax.distributed.initialize()` auto-detection (Cloud TPU VMs, Open MPI);
       WAM_DISTRIBUTED=off forces a single process.
+    JAX_LOCAL_DEVICE_IDS ("0,1,2,3") overrides which local devices the process uses, in every mode.
 
     Returns keyword arguments for `jax.distributed.initialize` ({} = auto-detect) or None for a single process."""
     env = os.environ if env is None else env
     mode = env.get("WAM_DISTRIBUTED", "").lower()
     if mode in ("off", "0", "false", "no"):
         return None
+    args: dict[str, Any] | None = None
     if env.get("JAX_COORDINATOR_ADDRESS"):
         process_id = env.get("JAX_PROCESS_ID", env.get("JOB_COMPLETION_INDEX"))
         missing = [name for name, value in (("JAX_NUM_PROCESSES", env.get("JAX_NUM_PROCESSES")),
@@ -196,24 +203,41 @@ def distributed_init_args(env: Mapping[str, str] | None = None) -> dict[str, Any
             raise ValueError(f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']} is set but {missing} "
                              "are not; set all three (JAX_PROCESS_ID may come from JOB_COMPLETION_INDEX on "
                              "Kubernetes), or unset JAX_COORDINATOR_ADDRESS for a single-process run")
-        args: dict[str, Any] = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                                    num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(process_id))
+        args = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                    num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(process_id))
         if not 0 <= args["process_id"] < args["num_processes"]:
             raise ValueError(f"JAX_PROCESS_ID={args['process_id']} is outside [0, JAX_NUM_PROCESSES="
                              f"{args['num_processes']})")
-        if env.get("JAX_LOCAL_DEVICE_IDS"):
-            args["local_device_ids"] = [int(i) for i in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
-        return args
-    if mode == "auto":
-        return {}
-    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1"))) > 1:
+        if _has_cluster_detection():
+            args["cluster_detection_method"] = "deactivate"
+    elif mode == "auto":
+        args = {}
+    elif env.get("SLURM_JOB_ID") and _first_int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
+                                                or env.get("SLURM_NPROCS") or "1") > 1:
         if "SLURM_STEP_NODELIST" not in env:
             raise ValueError("SLURM job with several tasks but no job step: launch training with `srun` (one task "
-                             "per host or per GPU) so each process gets SLURM_PROCID/SLURM_STEP_NODELIST")
-        return {"cluster_detection_method": "slurm"} if _has_cluster_detection() else {}
-    if env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
-        return {}
-    return None
+                             "per node or per GPU) so each process gets SLURM_PROCID/SLURM_STEP_NODELIST")
+        args = {"cluster_detection_method": "slurm"} if _has_cluster_detection() else {}
+        per_node = _first_int(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE")
+                              or env.get("SLURM_TASKS_PER_NODE") or "0")
+        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+        if per_node == 1:
+            count = len(visible) or _first_int(env.get("SLURM_GPUS_ON_NODE") or "0")
+            if count:
+                args["local_device_ids"] = list(range(count))
+        elif len(visible) == 1:         # --gpus-per-task=1: the one visible GPU, whatever SLURM_LOCALID says
+            args["local_device_ids"] = [0]
+    elif env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        args = {}
+    if args is not None and env.get("JAX_LOCAL_DEVICE_IDS"):
+        args["local_device_ids"] = [int(i) for i in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
+    return args
+
+
+def _first_int(text: str) -> int:
+    """SLURM counts may read "8", "8(x2)" or "4,2": the first number."""
+    digits = re.match(r"\d+", text.strip())
+    return int(digits.group()) if digits else 0
 
 
 def _has_cluster_detection() -> bool:
