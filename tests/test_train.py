@@ -201,3 +201,21 @@ def test_train_cli_writes_checkpoint_and_tensorboard(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "wam_jax", "train", "--config", TINY, "--workdir", str(workdir),
                           "--set", "train.stepz=3"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode != 0 and "stepz" in bad.stderr
+
+
+@pytest.mark.parametrize("spec", ["drivewam_tiny.py:guidance=on,memory=selective,train=actions",
+                                  "drivewam_highway.py:guidance=off,memory=selective",
+                                  "drivewam_wan21_1_3b.py:clips=4k,guidance=off,init=scratch",
+                                  "drivewam_wan22_5b.py:clips=10k,memory=full,train=actions"])
+def test_every_experiment_file_builds_all_sections(spec):
+    from wam_jax.kv_memory import MemoryConfig
+    from wam_jax.objective import FlowConfig
+    from wam_jax.rollout import SamplerConfig
+    from wam_jax.train import TrainConfig
+    config = load_config(os.path.join(REPO, "experiments", spec))
+    wan, wam = wam_lib.build_configs(config)
+    FlowConfig.from_config(config.flow), TrainConfig.from_config(config.train)
+    SamplerConfig.from_config(config.sampler), MemoryConfig.from_config(config.memory)
+    assert wam.video_tokens(wan) > 0
+    with pytest.raises(Exception, match="clipz"):
+        load_config(os.path.join(REPO, "experiments", spec.split(":")[0] + ":clipz=1"))

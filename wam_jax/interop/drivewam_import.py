@@ -24,7 +24,7 @@ from wam_jax.interop import drivewam_format as fmt
 from wam_jax.interop import safetensors_io
 from wam_jax.interop.export import DRIVEWAM_KIND, DTYPES, action_entries
 from wam_jax.interop.wan_import import WeightMismatchError, convert_wan_state, read_diffusers_config
-from wam_jax.interop.wan_layout import get_path, torch_shape, torch_to_flax
+from wam_jax.interop.wan_layout import fill_params
 from wam_jax.models import wam as wam_lib
 from wam_jax.models.wam import WamConfig
 from wam_jax.models.wan_dit import WanConfig
@@ -45,25 +45,8 @@ def read_export_config(src: str) -> dict[str, Any]:
 
 
 def _convert_actions(path: str, wan: WanConfig, expected, dtype: np.dtype) -> dict:
-    entries = {e.torch_name: e for e in action_entries()}
     out = {g: jax.tree.map(lambda s: np.zeros(s.shape, dtype), expected[g]) for g in wam_lib.ACTION_PARAM_GROUPS}
-    seen, unexpected, mismatched = set(), [], []
-    for name, value in safetensors_io.iter_file(path):
-        entry = entries.get(name)
-        if entry is None:
-            unexpected.append(f"{name} {tuple(value.shape)}")
-            continue
-        leaf = get_path(out, entry.flax_path)
-        want = torch_shape(entry, leaf.shape, wan)
-        if tuple(value.shape) != tuple(want):
-            mismatched.append(f"{name}: file {tuple(value.shape)} vs model {tuple(want)}")
-            continue
-        leaf[...] = torch_to_flax(entry, np.asarray(value), wan).astype(dtype)
-        seen.add(name)
-    missing = sorted(set(entries) - seen)
-    if missing or unexpected or mismatched:
-        raise WeightMismatchError(f"{path} does not match the DriveWAM config: missing {missing}, "
-                                  f"unexpected {unexpected}, shape mismatch {mismatched}")
+    fill_params(safetensors_io.iter_file(path), action_entries(), out, wan, dtype, path)
     return out
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from flax import traverse_util
 
 from wam_jax import checkpoint
+from wam_jax.interop import safetensors_io
 from wam_jax.models.vae import WanVAEConfig, abstract_params
 
 KIND = "wan_vae"
@@ -124,31 +125,9 @@ def read_vae_config(src: str) -> WanVAEConfig:
     return WanVAEConfig.from_diffusers(raw)
 
 
-def weight_files(src: str) -> list[str]:
-    """The safetensors file(s) of a diffusers model folder: the sharded index's shards, else the single file."""
-    index = os.path.join(src, f"{_STEM}.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            names = sorted(set(json.load(f)["weight_map"].values()))
-        paths = [os.path.join(src, n) for n in names]
-        lost = [p for p in paths if not os.path.exists(p)]
-        if lost:
-            raise FileNotFoundError(f"{index} lists shard(s) that are missing: {lost}")
-        return paths
-    single = os.path.join(src, f"{_STEM}.safetensors")
-    if os.path.exists(single):
-        return [single]
-    raise FileNotFoundError(f"no weights in {src!r}: expected {_STEM}.safetensors or {_STEM}.safetensors.index.json "
-                            "(PyTorch .bin checkpoints are not read; re-save with safe_serialization=True)")
-
-
 def read_state_dict(src: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file  # bf16 arrives as ml_dtypes.bfloat16
-
-    state: dict[str, np.ndarray] = {}
-    for path in weight_files(src):
-        state.update(load_file(path))
-    return state
+    """Every tensor of a diffusers VAE folder (single file or sharded index), memory-mapped."""
+    return dict(safetensors_io.iter_directory(src, _STEM))
 
 
 def import_vae(src: str, out: str | None = None, dtype: str = "float32") -> tuple[WanVAEConfig, dict]:

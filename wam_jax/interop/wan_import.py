@@ -18,14 +18,10 @@ import numpy as np
 
 from wam_jax import checkpoint
 from wam_jax.interop import safetensors_io
-from wam_jax.interop.wan_layout import get_path, torch_shape, torch_to_flax, wan_entries
+from wam_jax.interop.wan_layout import WeightMismatchError, fill_params, wan_entries  # noqa: F401 (re-export)
 from wam_jax.models.wan_dit import WanConfig, abstract_params
 
 KIND = "wan_transformer"
-
-
-class WeightMismatchError(ValueError):
-    """Checkpoint tensors do not match the model: lists every missing, unexpected and mis-shaped tensor."""
 
 
 def read_diffusers_config(src: str) -> dict[str, Any]:
@@ -38,35 +34,8 @@ def read_diffusers_config(src: str) -> dict[str, Any]:
 
 def convert_wan_state(tensors: Iterable[tuple[str, np.ndarray]], cfg: WanConfig, dtype=np.float32) -> dict:
     """diffusers tensors (name, array) → our unboxed Flax params tree (numpy), validating names and shapes."""
-    shapes = nn.unbox(abstract_params(cfg))
-    entries = {e.torch_name: e for e in wan_entries(cfg)}
-    out = jax.tree.map(lambda s: np.zeros(s.shape, dtype), shapes)
-    seen, unexpected, mismatched = set(), [], []
-    for name, value in tensors:
-        entry = entries.get(name)
-        if entry is None:
-            unexpected.append(f"{name} {tuple(value.shape)}")
-            continue
-        leaf = get_path(out, entry.flax_path)
-        want = torch_shape(entry, leaf.shape, cfg)
-        if tuple(value.shape) != tuple(want):
-            mismatched.append(f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(want)}")
-            continue
-        converted = torch_to_flax(entry, np.asarray(value, np.float32), cfg).astype(dtype)
-        if entry.layer is None:
-            leaf[...] = converted
-        else:
-            leaf[entry.layer] = converted
-        seen.add(name)
-    missing = [f"{n} {torch_shape(e, get_path(out, e.flax_path).shape, cfg)}"
-               for n, e in entries.items() if n not in seen]
-    if missing or unexpected or mismatched:
-        parts = []
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if items:
-                shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
-                parts.append(f"  {title} ({len(items)}):\n    {shown}")
-        raise WeightMismatchError("Wan checkpoint does not match the model config:\n" + "\n".join(parts))
+    out = jax.tree.map(lambda s: np.zeros(s.shape, dtype), nn.unbox(abstract_params(cfg)))
+    fill_params(tensors, wan_entries(cfg), out, cfg, dtype, "Wan checkpoint")
     return out
 
 

@@ -102,3 +102,39 @@ def iter_torch_tensors(params, cfg: WanConfig, to_numpy: Callable = np.asarray) 
         leaf = get_path(params, entry.flax_path)
         value = leaf[entry.layer] if entry.layer is not None else leaf
         yield entry.torch_name, flax_to_torch(entry, to_numpy(value), cfg)
+
+
+class WeightMismatchError(ValueError):
+    """Checkpoint tensors do not match the model: lists every missing, unexpected and mis-shaped tensor."""
+
+
+def fill_params(tensors, entries: list[Entry], out, cfg: WanConfig, dtype, what: str) -> None:
+    """Writes each (diffusers name, array) into the numpy params tree `out` (stacked layers by index),
+    checking names and shapes; raises one WeightMismatchError listing every problem."""
+    by_name = {e.torch_name: e for e in entries}
+    seen, unexpected, mismatched = set(), [], []
+    for name, value in tensors:
+        entry = by_name.get(name)
+        if entry is None:
+            unexpected.append(f"{name} {tuple(value.shape)}")
+            continue
+        leaf = get_path(out, entry.flax_path)
+        want = torch_shape(entry, leaf.shape, cfg)
+        if tuple(value.shape) != tuple(want):
+            mismatched.append(f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(want)}")
+            continue
+        converted = torch_to_flax(entry, np.asarray(value, np.float32), cfg).astype(dtype)
+        if entry.layer is None:
+            leaf[...] = converted
+        else:
+            leaf[entry.layer] = converted
+        seen.add(name)
+    missing = [f"{n} {torch_shape(e, get_path(out, e.flax_path).shape, cfg)}" for n, e in by_name.items()
+               if n not in seen]
+    if missing or unexpected or mismatched:
+        parts = []
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
+                parts.append(f"  {title} ({len(items)}):\n    {shown}")
+        raise WeightMismatchError(f"{what} does not match the model config:\n" + "\n".join(parts))
