@@ -48,8 +48,9 @@ def get_config(arg=None):
                            action_tokens_per_chunk=8, budget_chunks=3)
     c.rollout = dict(context_chunks=1, chunks=1, video_fps=1.0)
     # Simulator and closed-loop settings shared by dataset building and evaluation (same camera and traffic).
+    # heading_up: frames rotate with the ego like a car-mounted camera, so image and waypoints share one frame.
     c.sim = dict(vehicles=30, image_size=(64, 64), frame_hz=5.0, chunk_s=4.0, waypoints_per_chunk=8,
-                 waypoint_hz=2.0)
+                 waypoint_hz=2.0, heading_up=True)
     c.closed_loop = dict(episode_s=20.0, warmup_s=4.0, replan_s=1.0, history_frames=21, history_poses=8,
                          intent_source="scene", expert_ade=True, video=True, plots=True)
     # Expert demonstrations with small steering bursts (noise injection) so the data shows lane recovery.

@@ -35,7 +35,7 @@ def build_datasets(config, out: str):
     from data_pipelines.sources.highway import HighwayConfig, WamHighway
     sim, ds = config.sim, config.dataset
     common = dict(num_chunks=ds.num_chunks, vehicles=sim.vehicles, image_size=tuple(sim.image_size),
-                  perturb_steering=ds.perturb_steering, perturb_rate_hz=ds.perturb_rate_hz, perturb_s=ds.perturb_s,
+                  heading_up=sim.heading_up, perturb_steering=ds.perturb_steering, perturb_rate_hz=ds.perturb_rate_hz, perturb_s=ds.perturb_s,
                   frame_hz=sim.frame_hz, chunk_s=sim.chunk_s, waypoints_per_chunk=sim.waypoints_per_chunk,
                   waypoint_hz=sim.waypoint_hz)
     dirs = []

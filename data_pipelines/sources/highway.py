@@ -53,6 +53,7 @@ class HighwayConfig(builders.ClipBuilderConfig):
     perturb_steering: float = 0.0     # noise injection (see HighwaySimConfig): recovery demonstrations
     perturb_rate_hz: float = 0.0
     perturb_s: float = 0.6
+    heading_up: bool = False          # frames rotated with the ego (a car-mounted view), see HighwaySimConfig
     frame_codec: str = "png"
 
 
@@ -66,7 +67,7 @@ def sim_config(config: HighwayConfig, seed: int):
         image_size=tuple(config.image_size), scaling=config.scaling, supersample=config.supersample,
         chunk_s=config.chunk_s, waypoints_per_chunk=config.waypoints_per_chunk, waypoint_hz=config.waypoint_hz,
         seed=seed, expert_target_speed=config.expert_target_speed, perturb_steering=config.perturb_steering,
-        perturb_rate_hz=config.perturb_rate_hz, perturb_s=config.perturb_s)
+        perturb_rate_hz=config.perturb_rate_hz, perturb_s=config.perturb_s, heading_up=config.heading_up)
 
 
 def make_clip(config: HighwayConfig, seed: int, env=None) -> schema.ClipRecord | None:

@@ -82,6 +82,9 @@ class HighwaySimConfig:
     max_acceleration: float = 5.0  # |a| that the normalised action 1.0 maps to [m/s^2]
     max_steering: float = math.pi / 4  # |steering| that the normalised action 1.0 maps to [rad]
     kinematics_obs: bool = False  # gym obs = highway-env's Kinematics table (pandas, ~40% of a step); else {"time"}
+    # Rotate frames so the ego always points right, like a camera mounted on the car: the image is then in the
+    # same frame as the ego-frame waypoints, and a heading off the lane direction shows as tilted lane lines.
+    heading_up: bool = False
     # Recorded demonstrations only (noise injection, as in DART): steering bursts push the ego off the lane
     # centre so the data shows the expert recovering; a planner trained on perfectly centred driving never sees
     # how to come back. Off (0) by default and never used in evaluation.
@@ -413,10 +416,29 @@ def render_frame(env, cfg: HighwaySimConfig) -> np.ndarray:
     k = cfg.supersample
     if img.shape != (h * k, w * k, 3):
         raise RuntimeError(f"render returned {img.shape}, expected {(h * k, w * k, 3)}; was the env made by make_env?")
+    if cfg.heading_up:
+        img = _rotate_about(img, -float(_u(env).vehicle.heading),
+                            (cfg.centering[1] * h * k, cfg.centering[0] * w * k))
     if k > 1:
         img = img.reshape(h, k, w, k, 3).astype(np.float32).mean(axis=(1, 3))
         img = np.round(img).astype(np.uint8)
     return np.ascontiguousarray(img)
+
+
+def _rotate_about(img: np.ndarray, angle: float, center_rc: tuple[float, float]) -> np.ndarray:
+    """Rotates an image [H, W, 3] by `angle` (radians, screen coordinates: x right, y down, positive = the
+    direction that turns +x towards +y) about the pixel (row, col) `center_rc`; bilinear, edges padded with the
+    border colour."""
+    from scipy import ndimage
+    c, s = math.cos(angle), math.sin(angle)
+    # Output pixel (r, q) samples input at centre + R(-angle) · ((r, q) − centre), in (row, col) = (y, x) order.
+    matrix = np.array([[c, -s], [s, c]])
+    center = np.asarray(center_rc)
+    offset = center - matrix @ center
+    out = np.empty_like(img)
+    for ch in range(img.shape[2]):
+        out[..., ch] = ndimage.affine_transform(img[..., ch], matrix, offset=offset, order=1, mode="nearest")
+    return out
 
 
 def world_to_pixel(points_world: np.ndarray, ego_xy: np.ndarray, cfg: HighwaySimConfig) -> np.ndarray:
