@@ -184,3 +184,22 @@ def test_noise_injection_perturbs_demonstrations_deterministically():
     np.testing.assert_array_equal(a.poses, b.poses)                      # seeded
     assert np.max(np.abs(a.actions[:, 1] - clean.actions[:, 1])) > 0.01   # bursts reach the steering
     assert np.max(np.abs(a.poses[:, 1] - clean.poses[:, 1])) > 0.05      # ... and move the car sideways
+
+
+def test_heading_up_frames_keep_the_ego_pointing_right():
+    cfg = hw.HighwaySimConfig(heading_up=True)
+    env = hw.make_env(cfg, 3)
+
+    def ego_rows(frame):
+        green = (frame[..., 1] > 150) & (frame[..., 0] < 120) & (frame[..., 2] < 120)
+        rows = np.nonzero(green.any(axis=1))[0]
+        return rows.max() - rows.min() + 1
+
+    env.unwrapped.vehicle.heading = 0.0
+    straight = ego_rows(hw.render_frame(env, cfg))
+    env.unwrapped.vehicle.heading = 0.3
+    turned_world = ego_rows(hw.render_frame(env, dataclasses.replace(cfg, heading_up=False)))
+    turned_up = ego_rows(hw.render_frame(env, cfg))
+    env.close()
+    assert turned_world > straight + 1          # the world-aligned view shows the car rotated ...
+    assert abs(turned_up - straight) <= 1       # ... the heading-up view keeps it horizontal
