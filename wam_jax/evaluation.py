@@ -93,8 +93,8 @@ def cli(argv: list[str]) -> int:
         return 2
     try:
         planners = {n: cl.build_planner(n, sim_cfg, args.checkpoint, experiment) for n in names}
-    except KeyError as e:
-        print(f"eval: {e.args[0]}", file=sys.stderr)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"eval: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
 
     print(f"eval: planners {names}, {args.episodes} episode(s) from seed {args.seed}, {cl_cfg.episode_s:g} s each, "
