@@ -47,9 +47,7 @@ class DriveWAMPlanner:
         if len(frames) < self.frames_per_chunk:
             frames = np.concatenate([np.repeat(frames[:1], self.frames_per_chunk - len(frames), 0), frames])
         lat = latent_codecs.encode_frames(frames[None], self.config)[:, None]
-        hist = obs.pose_history                                    # poses at t − K·dt … t − dt, current frame
-        past = np.concatenate([hist[1:], np.zeros((1, 3))], axis=0)
-        waypoints = hw.ego_frame_waypoints(past, hist[0])
+        waypoints = context_waypoints(obs.pose_history)
         return lat, self.norm.normalize(waypoints[None, None].astype(np.float32))
 
     def plan(self, obs: cl.Observation) -> np.ndarray:
@@ -62,6 +60,18 @@ class DriveWAMPlanner:
         result = run_rollout(self.engine, self.params, lat, act, 1, key, guidance)
         self.imagined.append(result.video[0, -1])
         return self.norm.denormalize(result.actions[0, -1])
+
+
+def context_waypoints(pose_history: np.ndarray) -> np.ndarray:
+    """The past chunk as training saw it: poses at t − K·dt … t − dt (ego frame at t: x forward, y left,
+    counter-clockwise heading) and "now" (the origin), re-expressed in the frame of the oldest one, where
+    that chunk started. [K, 3]."""
+    poses = np.concatenate([pose_history, np.zeros((1, 3))], axis=0)
+    x0, y0, h0 = poses[0]
+    dx, dy = poses[1:, 0] - x0, poses[1:, 1] - y0
+    c, s = np.cos(h0), np.sin(h0)
+    heading = np.angle(np.exp(1j * (poses[1:, 2] - h0)))
+    return np.stack([c * dx + s * dy, -s * dx + c * dy, heading], axis=-1)
 
 
 def _factory(sim_cfg, checkpoint, config):
