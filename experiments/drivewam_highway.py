@@ -1,8 +1,9 @@
 """DriveWAM on highway-env: the embedded default that `make demo` runs end to end on a CPU.
 
 Data: expert (IDM + MOBIL) clips rendered as 64×64 ego-centred frames at 5 Hz, 4-s chunks with 8 waypoints at
-2 Hz; pixel-space latents (space-to-depth 8, one frame every 2 s), scene-rule intents embedded by the
-word_hash text encoder. Model: a small Wan-architecture DiT trained from scratch.
+2 Hz; pixel blocks (space-to-depth 8, one frame every 2 s), scene-rule intents embedded by the
+word_hash text encoder. Latents: space-to-depth pixel blocks projected on their principal components (a
+linear autoencoder fit on the training frames). Model: a small Wan-architecture DiT trained from scratch.
 
 Ablations as arguments, e.g. `:guidance=off`, `:memory=selective`, `:steps=4000`, `:clips=200`.
 """
@@ -16,14 +17,14 @@ from wam_jax.models.presets import wan_model_config
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, guidance="on", memory="full", steps=2000, clips=40, data_dir="out/demo/data", seed=0,
+    arg = parse_arg(arg, guidance="on", memory="full", steps=3000, clips=40, data_dir="out/demo/data", seed=0,
                     init="scratch", layers=3)
     c = ml_collections.ConfigDict()
     c.seed = arg.seed
     s2d, stride = 8, 10
+    z = 16       # latent channels: 8×8×3 pixel blocks projected on their top 16 principal components
     c.model = wan_model_config("tiny", num_attention_heads=2, attention_head_dim=32, num_layers=arg.layers,
-                               ffn_dim=256, in_channels=3 * s2d * s2d, out_channels=3 * s2d * s2d, text_dim=32,
-                               freq_dim=64)
+                               ffn_dim=256, in_channels=z, out_channels=z, text_dim=32, freq_dim=64)
     # 20 frames per 4-s chunk / stride 10 → 2 latent frames of 8×8 (64×64 px / 8).
     c.wam = dict(latent_frames_per_chunk=20 // stride, latent_height=64 // s2d, latent_width=64 // s2d,
                  waypoints_per_chunk=8, action_dim=3, guidance_tokens=4, action_rope_hw=None)
@@ -42,7 +43,9 @@ def get_config(arg=None):
         data.pop(key)
     c.data = dict(data, source="tfds", read_threads=1)
     c.guidance = dict(enabled=arg.guidance == "on", encoder="word_hash", source="scene_rules")
-    c.latent = dict(kind="pixels", frame_stride=stride, space_to_depth=s2d, vae_checkpoint="")
+    # `make demo` fits the PCA basis on the training frames and stores it next to the dataset.
+    c.latent = dict(kind="pca", frame_stride=stride, space_to_depth=s2d, channels=z, pca_path="",
+                    vae_checkpoint="")
     c.sampler = base.sampler(video_steps=4, action_steps=8)
     c.memory = base.memory(arg.memory, video_tokens_per_chunk=(20 // stride) * (64 // s2d // 2) ** 2,
                            action_tokens_per_chunk=8, budget_chunks=3)

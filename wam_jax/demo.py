@@ -55,6 +55,17 @@ def fit_action_norm(data_dir: str):
     return ActionNorm.fit(waypoints, per_waypoint=True, min_std=0.05)
 
 
+def fit_latent_pca(config, data_dir: str, max_clips: int = 20) -> float:
+    from data_pipelines import pipeline
+    from wam_jax import latents
+    clips = []
+    for i, clip in enumerate(pipeline.iter_clips(data_dir)):
+        if i >= max_clips:
+            break
+        clips.append(clip.frames)
+    return latents.fit_pca(np.stack(clips), config, config.latent.pca_path)
+
+
 def imagine_heldout(config, params, heldout_dir: str, out: str, chunks: int = 3) -> dict:
     """Context = the first real chunk of a held-out clip; the model imagines the next `chunks` chunks with the
     KV-cached rollout. Writes real | imagined video and a trajectory plot; returns ADE/FDE of the plan."""
@@ -124,6 +135,13 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
         config.data.data_dir = train_dir
         config.action_norm.mean = norm.mean.tolist()
         config.action_norm.std = norm.std.tolist()
+    if config.latent.kind == "pca" and not config.latent.pca_path:
+        with config.unlocked():
+            config.latent.pca_path = os.path.join(train_dir, "pca_latents.npz")
+        if not os.path.exists(config.latent.pca_path):
+            explained = fit_latent_pca(config, train_dir)
+            _log(f"[data] PCA latent basis: {config.latent.channels} components explain {explained:.1%} of the "
+                 f"pixel-block variance → {config.latent.pca_path}")
     workdir = os.path.join(out, "run")
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -68,7 +68,8 @@ def paper_scale(preset: str, arg, latent_frames: int, latent_height: int, latent
                   image_size=(), intent_vocab=(), brightness_jitter=0.0, flip_prob=0.0)
     c.guidance = dict(enabled=arg.guidance == "on", encoder="transformers", encoder_path=arg.text_encoder,
                       encoder_dtype="bfloat16", source="vlm")
-    c.latent = dict(kind="wan_vae", frame_stride=1, space_to_depth=1, vae_checkpoint=arg.vae_checkpoint)
+    c.latent = dict(kind="wan_vae", frame_stride=1, space_to_depth=1, channels=0, pca_path="",
+                    vae_checkpoint=arg.vae_checkpoint)
     video_tokens = latent_frames * (latent_height // 2) * (latent_width // 2)
     c.sampler = sampler(video_steps=10, action_steps=10)
     c.memory = memory(arg.memory, video_tokens, waypoints, budget_chunks=6)

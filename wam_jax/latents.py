@@ -3,6 +3,10 @@
   pixels   the embedded default, needs no pretrained weights: frames are subsampled in time (`frame_stride`)
            and folded space-to-depth (`space_to_depth` × `space_to_depth` pixel blocks become channels),
            scaled to [-1, 1]. Exactly invertible up to the dropped frames and uint8 rounding.
+  pca      `pixels` followed by a linear autoencoder: each space-to-depth block is projected on the top
+           `channels` principal components of the training frames' blocks (`fit_pca`, stored at `pca_path`).
+           Needs no pretrained weights either, and keeps the latent narrower than the model width, as Wan's
+           VAE latents are (a 192-wide pixel block cannot pass through a 64-wide tiny model).
   none     latents with no pixel space (the synthetic test source): nothing to encode or decode.
   wan_vae  the Wan causal 3D VAE (wam_jax/models/vae.py) from a checkpoint made by
            `python -m wam_jax import-vae`; clips are pre-encoded by `python -m data_pipelines build
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-KINDS = ("pixels", "wan_vae", "none")
+KINDS = ("pixels", "pca", "wan_vae", "none")
 
 
 def _check(latent_cfg):
@@ -34,7 +38,7 @@ def encode_frames(frames: np.ndarray, config) -> np.ndarray:
     _check(lc)
     if lc.kind == "none":
         raise ValueError("config.latent.kind='none' has no frame encoder: this data source must provide latents")
-    if lc.kind != "pixels":
+    if lc.kind not in ("pixels", "pca"):
         raise ValueError("wan_vae latents are computed when the dataset is built: run `python -m data_pipelines "
                          "build ... --vae-checkpoint DIR` so batches carry 'latents'")
     s, stride = lc.space_to_depth, lc.frame_stride
@@ -44,7 +48,45 @@ def encode_frames(frames: np.ndarray, config) -> np.ndarray:
                          f"space_to_depth={s}")
     x = frames[:, stride - 1::stride].astype(np.float32) / 127.5 - 1.0          # last frame of each group
     x = x.reshape(b, t // stride, h // s, s, w // s, s, c).transpose(0, 1, 2, 4, 3, 5, 6)
-    return x.reshape(b, t // stride, h // s, w // s, s * s * c)
+    x = x.reshape(b, t // stride, h // s, w // s, s * s * c)
+    if lc.kind == "pca":
+        mean, components = _pca_basis(lc.pca_path)
+        x = (x - mean) @ components.T
+    return x.astype(np.float32)
+
+
+_PCA_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _pca_basis(path: str) -> tuple[np.ndarray, np.ndarray]:
+    if path not in _PCA_CACHE:
+        try:
+            data = np.load(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config.latent.pca_path={path!r} does not exist: fit it with "
+                                    "wam_jax.latents.fit_pca on training frames") from None
+        _PCA_CACHE[path] = (data["mean"].astype(np.float32), data["components"].astype(np.float32))
+    return _PCA_CACHE[path]
+
+
+def fit_pca(frames: np.ndarray, config, path: str) -> float:
+    """Fits the `pca` codec's basis on uint8 frames [B, T, H, W, 3] and saves it to `path` (npz).
+    Returns the fraction of the blocks' variance the kept components explain."""
+    lc = config.latent
+    blocks = encode_frames(frames, _with_kind(config, "pixels"))
+    flat = blocks.reshape(-1, blocks.shape[-1]).astype(np.float64)
+    mean = flat.mean(0)
+    _, sing, vt = np.linalg.svd(flat - mean, full_matrices=False)
+    np.savez(path, mean=mean.astype(np.float32), components=vt[:lc.channels].astype(np.float32))
+    _PCA_CACHE.pop(path, None)
+    return float(np.sum(sing[:lc.channels] ** 2) / np.sum(sing ** 2))
+
+
+def _with_kind(config, kind: str):
+    import ml_collections
+    clone = ml_collections.ConfigDict(config.to_dict())
+    clone.latent.kind = kind
+    return clone
 
 
 def can_decode(config) -> bool:
@@ -57,10 +99,14 @@ def decode_latents(latents: np.ndarray, config, vae=None) -> np.ndarray:
     _check(lc)
     if lc.kind == "none":
         raise ValueError("config.latent.kind='none': these latents have no pixel decoder")
-    if lc.kind == "pixels":
+    if lc.kind in ("pixels", "pca"):
         s = lc.space_to_depth
+        latents = np.asarray(latents, np.float32)
+        if lc.kind == "pca":
+            mean, components = _pca_basis(lc.pca_path)
+            latents = latents @ components + mean
         b, t, h, w, z = latents.shape
-        x = np.asarray(latents, np.float32).reshape(b, t, h, w, s, s, z // (s * s)).transpose(0, 1, 2, 4, 3, 5, 6)
+        x = latents.reshape(b, t, h, w, s, s, z // (s * s)).transpose(0, 1, 2, 4, 3, 5, 6)
         x = x.reshape(b, t, h * s, w * s, z // (s * s))
     else:
         if vae is None:
