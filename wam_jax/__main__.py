@@ -16,6 +16,7 @@ COMMANDS = {
     "rollout": ("wam_jax.rollout", "Autoregressive rollout with selective KV memory."),
     "eval": ("wam_jax.evaluation", "Closed-loop / open-loop evaluation tables."),
     "export": ("wam_jax.interop.export", "Export a checkpoint to PyTorch (safetensors, diffusers layout)."),
+    "import-drivewam": ("wam_jax.interop.drivewam_import", "Import an exported DriveWAM back into a Flax checkpoint."),
     "bench": ("wam_jax.bench", "Benchmarks: step time, MFU, rollout latency."),
     "demo": ("wam_jax.demo", "The main job end to end on the embedded default (no downloads)."),
 }
