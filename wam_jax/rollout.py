@@ -277,8 +277,8 @@ def load_trained_params(workdir: str, config, use_ema: bool = True):
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"{path!r} holds no checkpoint steps")
-    trainer = Trainer.__new__(Trainer)  # only the abstract state is needed: build it the trainer's way
-    Trainer.__init__(trainer, config, workdir, data=_NoData(), guidance_table=np.zeros((1,)))
+    # Only the trainer's abstract (sharded) state is needed; no data is read and no intent table is built.
+    trainer = Trainer(config, workdir, data=_NoData(), guidance_table=np.zeros((1,)))
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(trainer.abstract_state)))
     state = restored["state"]
     return (state.ema_params if use_ema else state.params), step
