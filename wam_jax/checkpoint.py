@@ -37,12 +37,16 @@ def save_params(directory: str, params: Any, meta: dict[str, Any]) -> None:
         json.dump(meta, f, indent=2, sort_keys=True)
 
 
-def load_meta(directory: str) -> dict[str, Any]:
+def load_meta(directory: str, kind: str | None = None) -> dict[str, Any]:
+    """The checkpoint's meta.json; with `kind`, a checkpoint of another kind is an error."""
     path = os.path.join(directory, META_FILE)
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {directory!r}: {META_FILE} is missing")
     with open(path) as f:
-        return json.load(f)
+        meta = json.load(f)
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"{directory!r} holds a {meta.get('kind')!r} checkpoint, not {kind!r}")
+    return meta
 
 
 def load_params(directory: str, target: Any | None = None) -> tuple[Any, dict[str, Any]]:

@@ -142,9 +142,7 @@ def import_vae(src: str, out: str | None = None, dtype: str = "float32") -> tupl
 
 def load_vae(directory: str) -> tuple[WanVAEConfig, Any]:
     """Loads a checkpoint written by `import_vae` / `import-vae`."""
-    meta = checkpoint.load_meta(directory)
-    if meta.get("kind") != KIND:
-        raise checkpoint.CheckpointError(f"{directory!r} holds a {meta.get('kind')!r} checkpoint, not {KIND!r}")
+    meta = checkpoint.load_meta(directory, KIND)
     config = WanVAEConfig.from_diffusers(meta["config"])
     params, _ = checkpoint.load_params(directory)
     return config, params

@@ -51,9 +51,7 @@ def import_wan(src: str, out: str | None = None, dtype: str = "float32", **numer
 
 def load_wan(directory: str, **numerics) -> tuple[WanConfig, Any]:
     """Loads a checkpoint written by `import_wan` (or the Wan part of an exported/trained model)."""
-    meta = checkpoint.load_meta(directory)
-    if meta.get("kind") != KIND:
-        raise checkpoint.CheckpointError(f"{directory!r} holds a {meta.get('kind')!r} checkpoint, not {KIND!r}")
+    meta = checkpoint.load_meta(directory, KIND)
     cfg = WanConfig.from_diffusers(meta["config"], scan_layers=meta.get("scan_layers", True), **numerics)
     params, _ = checkpoint.load_params(directory)
     return cfg, params
