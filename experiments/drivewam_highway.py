@@ -11,7 +11,7 @@ Ablations as arguments, e.g. `:guidance=off`, `:memory=selective`, `:steps=4000`
 import ml_collections
 
 from data_pipelines import pipeline
-from wam_jax import experiment_base as base
+from wam_jax import experiment as base
 from wam_jax.config import parse_arg
 from wam_jax.models.presets import wan_model_config
 

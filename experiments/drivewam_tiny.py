@@ -5,7 +5,7 @@ Ablations as arguments, e.g. `experiments/drivewam_tiny.py:guidance=off,init=scr
 
 import ml_collections
 
-from wam_jax import experiment_base as base
+from wam_jax import experiment as base
 from wam_jax.config import parse_arg
 from wam_jax.models.presets import wan_model_config
 

@@ -13,7 +13,7 @@ Arguments (the paper's ablations): guidance=on|off, memory=full|selective, init=
 clips=4k|10k|100k (selects data_root/clips_<n>), train=all|actions, data_root=DIR.
 """
 
-from wam_jax import experiment_base as base
+from wam_jax import experiment as base
 from wam_jax.config import parse_arg
 
 

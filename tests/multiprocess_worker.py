@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     from wam_jax import sharding
     from wam_jax.config import load_config
     from wam_jax.data import make_iterator
-    from wam_jax.train import Trainer
+    from wam_jax.training.trainer import Trainer
 
     assert sharding.initialize_distributed(), "the environment did not describe a multi-process run"
     config = load_config(os.path.join(REPO, "experiments", "drivewam_tiny.py"), overrides)

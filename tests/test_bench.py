@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from wam_jax import bench
+from wam_jax.tools import bench
 from wam_jax.config import load_config
 from wam_jax.models import wam as wam_lib
 from wam_jax.models.wan_dit import WanTransformer

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from wam_jax import closed_loop as cl
+from wam_jax.evaluation import closed_loop as cl
 from wam_jax.sim import highway as hw
 
 SIM = hw.HighwaySimConfig(vehicles=15)
@@ -176,7 +176,7 @@ def test_cli_checkpoint_without_config_or_planner_fails_clearly(tmp_path):
 
 
 def test_cli_reads_sim_and_closed_loop_sections_from_an_experiment_config(tmp_path, capsys):
-    from wam_jax import evaluation
+    from wam_jax.evaluation import cli as evaluation
 
     config = tmp_path / "exp.py"
     config.write_text(

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from wam_jax.drivewam_planner import context_waypoints
+from wam_jax.planners.drivewam import context_waypoints
 from wam_jax.sim import highway as hw
 
 

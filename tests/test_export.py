@@ -23,7 +23,7 @@ from wam_jax.interop.export import ExportError, cli, export_checkpoint, export_p
 from wam_jax.interop.wan_import import convert_wan_state
 from wam_jax.models import wam as wam_lib
 from wam_jax.models.wan_dit import WanTransformer
-from wam_jax.torch_drivewam import DriveWAMTorch, load_wan_transformer
+from wam_jax.interop.torch_drivewam import DriveWAMTorch, load_wan_transformer
 from tests.wan_reference import rel_err
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,7 +176,7 @@ def test_torch_module_runs_without_jax(exported, tmp_path):
     np.savez(tmp_path / "inputs.npz", *inputs)
     script = f"""
 import sys, numpy as np, torch
-from wam_jax.torch_drivewam import DriveWAMTorch
+from wam_jax.interop.torch_drivewam import DriveWAMTorch
 x = [torch.from_numpy(a) for a in np.load({str(tmp_path / 'inputs.npz')!r}).values()]
 with torch.no_grad():
     v, a = DriveWAMTorch.from_pretrained({exported['f32']!r})(*x)
@@ -196,7 +196,7 @@ assert not loaded, loaded
 
 
 def test_export_from_training_run_cli(tmp_path):
-    from wam_jax.train import Trainer
+    from wam_jax.training.trainer import Trainer
     config = load_config(TINY, ["train.steps=2", "train.batch_size=2", "data.num_clips=2", "chunks=2",
                                 "train.log_every=1", "train.async_checkpoints=False"])
     workdir = tmp_path / "run"

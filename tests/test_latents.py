@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from wam_jax import latents
+from wam_jax.models import latents
 
 
 def _config(kind, channels=0, path=""):

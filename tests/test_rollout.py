@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wam_jax import kv_memory
+from wam_jax.rollout import kv_memory
 from wam_jax.config import load_config
 from wam_jax.models import wam as wam_lib
-from wam_jax.rollout import RolloutEngine, SamplerConfig, chain_waypoints, multirate_grid, run_rollout
+from wam_jax.rollout.engine import RolloutEngine, SamplerConfig, chain_waypoints, multirate_grid, run_rollout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "experiments", "drivewam_tiny.py")

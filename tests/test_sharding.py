@@ -26,7 +26,7 @@ from wam_jax import sharding
 from wam_jax.config import load_config
 from wam_jax.data import SyntheticIterator, make_iterator
 from wam_jax.models import wam as wam_lib
-from wam_jax.train import Trainer
+from wam_jax.training.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "experiments", "drivewam_tiny.py")

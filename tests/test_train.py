@@ -14,8 +14,8 @@ import pytest
 from wam_jax.config import load_config
 from wam_jax.data import ActionNorm, SyntheticIterator
 from wam_jax.models import wam as wam_lib
-from wam_jax.sampling import sample_teacher_forced
-from wam_jax.train import NonFiniteLossError, Trainer
+from wam_jax.rollout.teacher_forced import sample_teacher_forced
+from wam_jax.training.trainer import NonFiniteLossError, Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "experiments", "drivewam_tiny.py")
@@ -208,10 +208,10 @@ def test_train_cli_writes_checkpoint_and_tensorboard(tmp_path):
                                   "drivewam_wan21_1_3b.py:clips=4k,guidance=off,init=scratch",
                                   "drivewam_wan22_5b.py:clips=10k,memory=full,train=actions"])
 def test_every_experiment_file_builds_all_sections(spec):
-    from wam_jax.kv_memory import MemoryConfig
-    from wam_jax.objective import FlowConfig
-    from wam_jax.rollout import SamplerConfig
-    from wam_jax.train import TrainConfig
+    from wam_jax.rollout.kv_memory import MemoryConfig
+    from wam_jax.training.objective import FlowConfig
+    from wam_jax.rollout.engine import SamplerConfig
+    from wam_jax.training.trainer import TrainConfig
     config = load_config(os.path.join(REPO, "experiments", spec))
     wan, wam = wam_lib.build_configs(config)
     FlowConfig.from_config(config.flow), TrainConfig.from_config(config.train)

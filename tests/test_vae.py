@@ -14,7 +14,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
-from wam_jax import video_io  # noqa: E402
+from wam_jax.tools import video_io  # noqa: E402
 from wam_jax.config import ConfigError  # noqa: E402
 from wam_jax.interop import vae_import  # noqa: E402
 from wam_jax.models import vae as V  # noqa: E402

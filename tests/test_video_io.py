@@ -2,7 +2,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from wam_jax import video_io
+from wam_jax.tools import video_io
 
 
 def _clip(t, h, w, seed=0):

@@ -12,12 +12,12 @@ import sys
 COMMANDS = {
     "import-wan": ("wam_jax.interop.wan_import", "Import a diffusers Wan transformer into a Flax/Orbax checkpoint."),
     "import-vae": ("wam_jax.interop.vae_import", "Import a diffusers AutoencoderKLWan into a Flax/Orbax checkpoint."),
-    "train": ("wam_jax.train", "Train DriveWAM with joint flow matching."),
-    "rollout": ("wam_jax.rollout", "Autoregressive rollout with selective KV memory."),
-    "eval": ("wam_jax.evaluation", "Closed-loop / open-loop evaluation tables."),
+    "train": ("wam_jax.training.trainer", "Train DriveWAM with joint flow matching."),
+    "rollout": ("wam_jax.rollout.engine", "Autoregressive rollout with selective KV memory."),
+    "eval": ("wam_jax.evaluation.cli", "Closed-loop / open-loop evaluation tables."),
     "export": ("wam_jax.interop.export", "Export a checkpoint to PyTorch (safetensors, diffusers layout)."),
     "import-drivewam": ("wam_jax.interop.drivewam_import", "Import an exported DriveWAM back into a Flax checkpoint."),
-    "bench": ("wam_jax.bench", "Benchmarks: step time, MFU, rollout latency."),
+    "bench": ("wam_jax.tools.bench", "Benchmarks: step time, MFU, rollout latency."),
     "demo": ("wam_jax.demo", "The main job end to end on the embedded default (no downloads)."),
 }
 

@@ -57,7 +57,7 @@ def fit_action_norm(data_dir: str):
 
 def fit_latent_pca(config, data_dir: str, max_clips: int = 20) -> float:
     from data_pipelines import pipeline
-    from wam_jax import latents
+    from wam_jax.models import latents
     clips = []
     for i, clip in enumerate(pipeline.iter_clips(data_dir)):
         if i >= max_clips:
@@ -72,10 +72,12 @@ def imagine_heldout(config, params, heldout_dir: str, out: str, chunks: int = 3)
     import jax
     import jax.numpy as jnp
     from data_pipelines import pipeline
-    from wam_jax import kv_memory, latents, video_io
+    from wam_jax.rollout import kv_memory
+    from wam_jax.models import latents
+    from wam_jax.tools import video_io
     from wam_jax.data import ActionNorm
     from wam_jax.models import wam as wam_lib
-    from wam_jax.rollout import RolloutEngine, SamplerConfig, chain_waypoints, run_rollout, _plot_paths
+    from wam_jax.rollout.engine import RolloutEngine, SamplerConfig, chain_waypoints, run_rollout, _plot_paths
 
     clip = next(iter(pipeline.iter_clips(heldout_dir)))
     n = min(chunks + 1, len(clip.waypoints))
@@ -121,12 +123,12 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
         overrides=()) -> dict:
     """The whole pipeline on `config` into `out`; returns the closed-loop aggregates (and imagination errors)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")     # "dummy" renders blank frames in highway-env
-    from wam_jax import closed_loop as cl
+    from wam_jax.evaluation import closed_loop as cl
     from wam_jax.config import dataclass_from_config
-    from wam_jax.drivewam_planner import DriveWAMPlanner
-    from wam_jax.rollout import load_trained_params
+    from wam_jax.planners.drivewam import DriveWAMPlanner
+    from wam_jax.rollout.engine import load_trained_params
     from wam_jax.sim import highway as hw
-    from wam_jax.train import Trainer
+    from wam_jax.training.trainer import Trainer
 
     os.makedirs(out, exist_ok=True)
     train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out)

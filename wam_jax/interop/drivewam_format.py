@@ -1,6 +1,6 @@
 """The on-disk format of an exported DriveWAM, shared by the JAX exporter/importer and the PyTorch module.
 
-No JAX or torch here, so `wam_jax.torch_drivewam` can import it without pulling in JAX.
+No JAX or torch here, so `wam_jax.interop.torch_drivewam` can import it without pulling in JAX.
 
     OUT/transformer/config.json                          diffusers WanTransformer3DModel config
     OUT/transformer/diffusion_pytorch_model.safetensors  (or -0000k-of-0000n shards + .index.json)
@@ -21,7 +21,7 @@ WEIGHTS_STEM = "diffusion_pytorch_model"
 # (torch name prefix, Flax path inside the DriveWAM params tree, kind) of the parameters DriveWAM adds to Wan.
 # kind "linear": torch `<prefix>.weight` [out, in] + `<prefix>.bias` ↔ Flax kernel [in, out] + bias;
 # kind "table": torch [1, 2, D] ↔ Flax [2, D] (the adaLN shift/scale table of the action head).
-# The torch names are the state-dict keys of `wam_jax.torch_drivewam.DriveWAMTorch` (minus "transformer.").
+# The torch names are the state-dict keys of `wam_jax.interop.torch_drivewam.DriveWAMTorch` (minus "transformer.").
 ACTION_TENSORS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("action_embed.linear_1", ("action_embed", "linear_1"), "linear"),
     ("action_embed.linear_2", ("action_embed", "linear_2"), "linear"),

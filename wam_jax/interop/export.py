@@ -13,7 +13,7 @@
 OUT receives (layout in wam_jax/interop/drivewam_format.py):
   transformer/  config.json + diffusion_pytorch_model.safetensors: `WanTransformer3DModel.from_pretrained`
   drivewam/     drivewam_config.json + drivewam_actions.safetensors: with transformer/, everything
-                `wam_jax.torch_drivewam.DriveWAMTorch.from_pretrained(OUT)` needs (no JAX required there).
+                `wam_jax.interop.torch_drivewam.DriveWAMTorch.from_pretrained(OUT)` needs (no JAX required there).
 
 Streaming: parameters are read from Orbax one leaf at a time as host numpy arrays (a sharded array is
 gathered for that leaf only), each of the leaf's tensors is converted and written, and the leaf is dropped

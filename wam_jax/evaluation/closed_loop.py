@@ -168,7 +168,7 @@ PLANNERS: dict[str, PlannerFactory] = {
 
 LEARNED_PLANNER = "drivewam"
 
-PLANNER_PLUGINS = ("wam_jax.drivewam_planner",)
+PLANNER_PLUGINS = ("wam_jax.planners.drivewam",)
 """Modules imported (if they exist) before planners are looked up; a plugin calls `register_planner` at import."""
 
 
@@ -508,8 +508,8 @@ def build_planner(name: str, sim_cfg: hw.HighwaySimConfig, checkpoint: str | Non
         load_planner_plugins()
     if name not in PLANNERS:
         hint = (" The DriveWAM planner is not registered yet: the model code must call "
-                "wam_jax.closed_loop.register_planner('drivewam', factory), e.g. from a module listed in "
-                f"wam_jax.closed_loop.PLANNER_PLUGINS {PLANNER_PLUGINS}." if name == LEARNED_PLANNER else "")
+                "wam_jax.evaluation.closed_loop.register_planner('drivewam', factory), e.g. from a module listed in "
+                f"wam_jax.evaluation.closed_loop.PLANNER_PLUGINS {PLANNER_PLUGINS}." if name == LEARNED_PLANNER else "")
         raise KeyError(f"unknown planner {name!r}; known: {sorted(PLANNERS)}.{hint}")
     return PLANNERS[name](sim_cfg, checkpoint, config)
 

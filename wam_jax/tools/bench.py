@@ -299,7 +299,7 @@ class Shapes:
 
 
 def train_shapes(config, wan, wam, batch: int) -> Shapes:
-    from wam_jax.objective import FlowConfig
+    from wam_jax.training.objective import FlowConfig
     streams = 2 if FlowConfig.from_config(config.flow).context == "teacher_forcing" else 1
     return Shapes(batch, streams, int(config.chunks), wam.video_tokens(wan), wam.waypoints_per_chunk,
                   bool(config.guidance.enabled))
@@ -374,7 +374,7 @@ class _NoData:
 
 
 def _make_trainer(config, workdir: str):
-    from wam_jax.train import Trainer
+    from wam_jax.training.trainer import Trainer
     # The bench brings its own batches (with guidance embeddings), so no data iterator or intent table.
     return Trainer(config, workdir, data=_NoData(), guidance_table=np.zeros((1,), np.float32))
 
@@ -455,7 +455,7 @@ def _input_section(config, trainer, compiled, holder, steps: int, warmup: int, s
     the step asynchronously) against the pure step time."""
     import jax
     from wam_jax.data import make_iterator
-    from wam_jax.train import prepare_batch
+    from wam_jax.training.trainer import prepare_batch
     try:
         it = make_iterator(config, jax.process_index(), jax.process_count())
     except Exception as err:  # noqa: BLE001 — report and move on: the input pipeline is optional
@@ -499,9 +499,9 @@ def _input_section(config, trainer, compiled, holder, steps: int, warmup: int, s
 
 def rollout_section(config, wan, wam, steps: int, warmup: int, batch: int, kv_chunks: int) -> tuple[dict, list[str]]:
     import jax
-    from wam_jax import kv_memory
+    from wam_jax.rollout import kv_memory
     from wam_jax.models import wam as wam_lib
-    from wam_jax.rollout import RolloutEngine, SamplerConfig, run_rollout, stage_grids
+    from wam_jax.rollout.engine import RolloutEngine, SamplerConfig, run_rollout, stage_grids
 
     sampler = SamplerConfig.from_config(config.sampler)
     base_mem = kv_memory.MemoryConfig.from_config(config.memory)

@@ -1,4 +1,4 @@
-"""The DriveWAM policy as a closed-loop planner ("drivewam" in wam_jax.closed_loop.PLANNERS).
+"""The DriveWAM policy as a closed-loop planner ("drivewam" in wam_jax.evaluation.closed_loop.PLANNERS).
 
 At each replan the last chunk of driving (frames of the past `chunk_s` seconds and the ego path over it) is the
 clean context chunk; the model imagines the next chunk (video + waypoints) from noise, with the scene-rule
@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wam_jax import closed_loop as cl
-from wam_jax import kv_memory
-from wam_jax import latents as latent_codecs
+from wam_jax.evaluation import closed_loop as cl
+from wam_jax.rollout import kv_memory
+from wam_jax.models import latents as latent_codecs
 from wam_jax.data import ActionNorm
 from wam_jax.models import wam as wam_lib
-from wam_jax.rollout import RolloutEngine, SamplerConfig, load_trained_params, run_rollout
+from wam_jax.rollout.engine import RolloutEngine, SamplerConfig, load_trained_params, run_rollout
 from wam_jax.sim import highway as hw
 
 

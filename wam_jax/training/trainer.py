@@ -26,7 +26,7 @@ from wam_jax import sharding
 from wam_jax.config import ConfigError, dataclass_from_config, load_config
 from wam_jax.data import ActionNorm, BatchIterator, make_iterator
 from wam_jax.models import wam as wam_lib
-from wam_jax.objective import FlowConfig, flow_matching_loss
+from wam_jax.training.objective import FlowConfig, flow_matching_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,7 +93,7 @@ def prepare_batch(raw: Mapping[str, np.ndarray], config, action_norm: ActionNorm
     """Raw data batch → model inputs: latents [B, N·F, h, w, z], actions [B, N, K, A] normalised, guidance
     [B, N, Lg, text_dim] (precomputed embeddings, or looked up from intent ids) when guidance is on."""
     if "latents" not in raw:
-        from wam_jax import latents as latent_codecs
+        from wam_jax.models import latents as latent_codecs
         raw = dict(raw, latents=latent_codecs.encode_frames(raw["frames"], config))
     out = {"latents": np.asarray(raw["latents"], np.float32),
            "actions": action_norm.normalize(np.asarray(raw["waypoints"], np.float32))}

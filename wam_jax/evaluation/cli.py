@@ -6,7 +6,7 @@ Examples:
 
 An experiment config may hold a `sim` section (fields of `HighwaySimConfig`) and a `closed_loop` section (fields
 of `ClosedLoopConfig`); command-line flags override both. `--checkpoint` evaluates the learned planner
-("drivewam") too, which must have been registered in `wam_jax.closed_loop.PLANNERS`.
+("drivewam") too, which must have been registered in `wam_jax.evaluation.closed_loop.PLANNERS`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m wam_jax eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--planners", default="expert,constant_velocity",
-                   help="comma-separated planner names (see wam_jax.closed_loop.PLANNERS)")
+                   help="comma-separated planner names (see wam_jax.evaluation.closed_loop.PLANNERS)")
     p.add_argument("--episodes", type=int, default=5, help="episodes per planner (seeds seed..seed+episodes-1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/eval", help="output folder: results.txt/json, mp4 videos, png plots")
@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from wam_jax import closed_loop as cl
+    from wam_jax.evaluation import closed_loop as cl
     from wam_jax.sim import highway as hw
 
     experiment = None
@@ -79,8 +79,8 @@ def cli(argv: list[str]) -> int:
         cl.load_planner_plugins()
         if cl.LEARNED_PLANNER not in cl.PLANNERS:
             print(f"eval: --checkpoint {args.checkpoint!r} was given, but no DriveWAM planner is registered yet "
-                  f"(wam_jax.closed_loop.PLANNERS has {sorted(cl.PLANNERS)}). Register one with "
-                  f"wam_jax.closed_loop.register_planner({cl.LEARNED_PLANNER!r}, factory), or drop --checkpoint "
+                  f"(wam_jax.evaluation.closed_loop.PLANNERS has {sorted(cl.PLANNERS)}). Register one with "
+                  f"wam_jax.evaluation.closed_loop.register_planner({cl.LEARNED_PLANNER!r}, factory), or drop --checkpoint "
                   f"to evaluate the baselines only.", file=sys.stderr)
             return 2
         if not os.path.exists(args.checkpoint):

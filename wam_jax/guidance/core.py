@@ -12,7 +12,7 @@ Entry points (see docs/GUIDANCE.md):
   record_hook(config)                  a `ClipRecord → ClipRecord` transform for `data_pipelines.builders.build(
                                        ..., clip_transform=...)` that stores `guidance` (and with the VLM source,
                                        `intent`) in every record.
-Encoders live in `guidance_text.py`, intent sources in `guidance_intent.py`.
+Encoders live in `guidance/text.py`, intent sources in `guidance/intents.py`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from wam_jax.config import ConfigError, dataclass_from_config
-from wam_jax.guidance_intent import (SOURCES, IntentSource, SceneRulesSource, VLMSource, clean_phrase,
+from wam_jax.guidance.intents import (SOURCES, IntentSource, SceneRulesSource, VLMSource, clean_phrase,
                                      snap_to_vocabulary)
-from wam_jax.guidance_text import ENCODERS, TextEncoder, TransformersTextEncoder, WordHashEncoder, words
+from wam_jax.guidance.text import ENCODERS, TextEncoder, TransformersTextEncoder, WordHashEncoder, words
 
 DEFAULT_VLM_PROMPT = ("You are driving the ego car in the middle of the image. In a few words, what should it do "
                       "next? Answer with one of: {vocabulary}.")

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wam_jax import flow_matching as fm
-from wam_jax import kv_memory
+from wam_jax.rollout import kv_memory
 from wam_jax.config import ConfigError, dataclass_from_config, load_config
 from wam_jax.models import wam as wam_lib
 
@@ -269,7 +269,7 @@ def memory_table(memory: list[dict[str, float]], full_tokens_per_chunk: int, byt
 def load_trained_params(workdir: str, config, use_ema: bool = True):
     """Params (EMA by default) of the latest training checkpoint in WORKDIR/checkpoints."""
     import orbax.checkpoint as ocp
-    from wam_jax.train import Trainer
+    from wam_jax.training.trainer import Trainer
     path = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no training checkpoints at {path!r}: pass the --workdir of a `train` run")
@@ -304,9 +304,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
-    from wam_jax import latents as latent_codecs
+    from wam_jax.models import latents as latent_codecs
     from wam_jax.data import ActionNorm, make_iterator
-    from wam_jax.train import prepare_batch
+    from wam_jax.training.trainer import prepare_batch
 
     wan, wam = wam_lib.build_configs(config)
     params, step = load_trained_params(args.checkpoint, config, use_ema=not args.raw_params)
@@ -345,7 +345,7 @@ def cli(argv: list[str]) -> int:
     if latent_codecs.can_decode(config):
         frames = latent_codecs.decode_latents(result.video[0].reshape(-1, *result.video.shape[3:])[None], config,
                                               latent_codecs.load_vae(config))[0]
-        from wam_jax import video_io
+        from wam_jax.tools import video_io
         video_io.write_video(os.path.join(args.out, "imagined.mp4"), frames, fps=config.rollout.video_fps)
         written.append("imagined.mp4")
     print(f"rollout of {chunks} chunks after {ctx} context chunk(s), checkpoint step {step}")

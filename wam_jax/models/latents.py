@@ -64,7 +64,7 @@ def _pca_basis(path: str) -> tuple[np.ndarray, np.ndarray]:
             data = np.load(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"config.latent.pca_path={path!r} does not exist: fit it with "
-                                    "wam_jax.latents.fit_pca on training frames") from None
+                                    "wam_jax.models.latents.fit_pca on training frames") from None
         _PCA_CACHE[path] = (data["mean"].astype(np.float32), data["components"].astype(np.float32))
     return _PCA_CACHE[path]
 

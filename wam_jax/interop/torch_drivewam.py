@@ -1,7 +1,7 @@
 """DriveWAM's forward in PyTorch, rebuilt from an export (`python -m wam_jax export`). Needs torch, diffusers
 and safetensors; never imports JAX or Flax.
 
-    from wam_jax.torch_drivewam import DriveWAMTorch
+    from wam_jax.interop.torch_drivewam import DriveWAMTorch
     model = DriveWAMTorch.from_pretrained("export/tiny")           # OUT of the export command
     video_v, action_v = model(video, actions, t_video, t_action, guidance)
 

@@ -1,0 +1,1 @@
+"""Tools around the model: benchmarks, tables, video files."""

@@ -1,0 +1,1 @@
+"""Training: the flow-matching objective and the Trainer (data → training → checkpoint)."""
