@@ -8,7 +8,8 @@ stream 1 noised (the prediction targets), trained in one pass. Attention (see `T
     token q may attend to token k  ⇔  (k in the clean stream and chunk(k) < chunk(q))
                                        or (chunk(k) == chunk(q) and stream(k) == stream(q))
 
-so every chunk sees itself and earlier clean chunks, never later ones (block-causal). With S=1 this is plain
+so every chunk sees itself and earlier clean chunks, never later ones (block-causal); the rule is
+`attention_rule` over per-token ids (stream, chunk, modality). With S=1 this is plain
 block-causal attention, used by rollout (past chunks come from the KV cache) and by diffusion forcing.
 
 RoPE: video token (chunk n, frame f, row i, col j) sits at (n·F + f, i, j); action token k of chunk n at time
@@ -75,6 +76,20 @@ class WamConfig:
         return f * h * w
 
 
+VIDEO, ACTION = 0, 1       # modality ids
+CLEAN, NOISY = 0, 1        # stream ids (teacher forcing: stream 0 clean context, stream 1 noised targets)
+
+
+def attention_rule(q: Mapping[str, Any], k: Mapping[str, Any]):
+    """The self-attention mask as a rule over token ids: True where query q may attend to key k.
+
+    q, k: {"stream", "chunk", "modality"} integer arrays (numpy or jax) that broadcast against each other.
+    This is the one definition of the mask; `TokenLayout.self_mask` evaluates it densely (reference and tests),
+    attention kernels evaluate it per block from the ids."""
+    return (((k["stream"] == CLEAN) & (k["chunk"] < q["chunk"]))
+            | ((k["chunk"] == q["chunk"]) & (k["stream"] == q["stream"])))
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenLayout:
     """Static description of a token sequence: S streams × N chunks × (Lv video + K action tokens)."""
@@ -91,24 +106,27 @@ class TokenLayout:
     def length(self) -> int:
         return self.streams * self.chunks * self.per_chunk
 
-    def _ids(self):
+    @functools.cached_property
+    def token_ids(self) -> dict[str, np.ndarray]:
+        """int32 [L] per id: stream, chunk and modality of every token, in sequence order."""
         s, n = np.meshgrid(np.arange(self.streams), np.arange(self.chunks), indexing="ij")
-        rep = lambda a: np.repeat(a.reshape(-1), self.per_chunk)
-        return rep(s), rep(n)
+        rep = lambda a: np.repeat(a.reshape(-1), self.per_chunk).astype(np.int32)
+        modality = np.tile(np.r_[np.full(self.video_tokens, VIDEO), np.full(self.action_tokens, ACTION)],
+                           self.streams * self.chunks).astype(np.int32)
+        return {"stream": rep(s), "chunk": rep(n), "modality": modality}
 
-    @functools.cached_property
+    @property
     def stream_ids(self) -> np.ndarray:
-        return self._ids()[0]
+        return self.token_ids["stream"]
 
-    @functools.cached_property
+    @property
     def chunk_ids(self) -> np.ndarray:
-        return self._ids()[1]
+        return self.token_ids["chunk"]
 
     def self_mask(self) -> np.ndarray:
-        """bool [L, L]: True where query (row) may attend to key (column); rule in the module docstring."""
-        sq, cq = self.stream_ids[:, None], self.chunk_ids[:, None]
-        sk, ck = self.stream_ids[None, :], self.chunk_ids[None, :]
-        return ((sk == 0) & (ck < cq)) | ((ck == cq) & (sk == sq))
+        """bool [L, L]: `attention_rule` evaluated for every (query row, key column) pair."""
+        ids = self.token_ids
+        return attention_rule({n: a[:, None] for n, a in ids.items()}, {n: a[None, :] for n, a in ids.items()})
 
     def cross_mask(self, guidance_tokens: int) -> np.ndarray:
         """bool [L, N*Lg]: chunk n's tokens see only chunk n's guidance tokens."""
