@@ -145,3 +145,23 @@ def make_iterator(config, process_index: int = 0, process_count: int = 1) -> Bat
         from data_pipelines import pipeline  # heavy imports only when used
         return pipeline.make_train_iterator(config, process_index=process_index, process_count=process_count)
     raise ValueError(f"config.data.source={d.source!r} unknown; choose 'synthetic' or 'tfds'")
+
+
+def prepare_batch(raw: Mapping[str, np.ndarray], config, action_norm: ActionNorm,
+                  guidance_table: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Raw data batch → model inputs: latents [B, N·F, h, w, z], actions [B, N, K, A] normalised, guidance
+    [B, N, Lg, text_dim] (precomputed embeddings, or looked up from intent ids) when guidance is on."""
+    if "latents" not in raw:
+        from wam_jax.models import latents as latent_codecs
+        raw = dict(raw, latents=latent_codecs.encode_frames(raw["frames"], config))
+    out = {"latents": np.asarray(raw["latents"], np.float32),
+           "actions": action_norm.normalize(np.asarray(raw["waypoints"], np.float32))}
+    if config.guidance.enabled:
+        if "guidance" in raw:
+            out["guidance"] = np.asarray(raw["guidance"], np.float32)
+        elif "intent_ids" in raw and guidance_table is not None:
+            out["guidance"] = guidance_table[np.asarray(raw["intent_ids"])]
+        else:
+            raise ValueError("guidance is enabled but the batch has neither 'guidance' embeddings nor 'intent_ids' "
+                             "with an intent embedding table; set guidance.enabled=False or provide them")
+    return out

@@ -306,7 +306,7 @@ def cli(argv: list[str]) -> int:
     config = load_config(args.config, args.set)
     from wam_jax.models import latents as latent_codecs
     from wam_jax.data import ActionNorm, make_iterator
-    from wam_jax.training.trainer import prepare_batch
+    from wam_jax.data import prepare_batch
 
     wan, wam = wam_lib.build_configs(config)
     params, step = load_trained_params(args.checkpoint, config, use_ema=not args.raw_params)

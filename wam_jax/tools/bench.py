@@ -455,7 +455,7 @@ def _input_section(config, trainer, compiled, holder, steps: int, warmup: int, s
     the step asynchronously) against the pure step time."""
     import jax
     from wam_jax.data import make_iterator
-    from wam_jax.training.trainer import prepare_batch
+    from wam_jax.data import prepare_batch
     try:
         it = make_iterator(config, jax.process_index(), jax.process_count())
     except Exception as err:  # noqa: BLE001 — report and move on: the input pipeline is optional

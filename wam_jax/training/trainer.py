@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 
 from wam_jax import sharding
 from wam_jax.config import ConfigError, dataclass_from_config, load_config
-from wam_jax.data import ActionNorm, BatchIterator, make_iterator
+from wam_jax.data import ActionNorm, BatchIterator, make_iterator, prepare_batch
 from wam_jax.models import wam as wam_lib
 from wam_jax.training.objective import FlowConfig, flow_matching_loss
 
@@ -86,26 +86,6 @@ def make_optimizer(tc: TrainConfig, params) -> optax.GradientTransformation:
         optax.clip_by_global_norm(tc.clip_norm),
         optax.adamw(learning_rate_schedule(tc), b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask))
     return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, param_labels(params, tc.freeze))
-
-
-def prepare_batch(raw: Mapping[str, np.ndarray], config, action_norm: ActionNorm,
-                  guidance_table: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Raw data batch → model inputs: latents [B, N·F, h, w, z], actions [B, N, K, A] normalised, guidance
-    [B, N, Lg, text_dim] (precomputed embeddings, or looked up from intent ids) when guidance is on."""
-    if "latents" not in raw:
-        from wam_jax.models import latents as latent_codecs
-        raw = dict(raw, latents=latent_codecs.encode_frames(raw["frames"], config))
-    out = {"latents": np.asarray(raw["latents"], np.float32),
-           "actions": action_norm.normalize(np.asarray(raw["waypoints"], np.float32))}
-    if config.guidance.enabled:
-        if "guidance" in raw:
-            out["guidance"] = np.asarray(raw["guidance"], np.float32)
-        elif "intent_ids" in raw and guidance_table is not None:
-            out["guidance"] = guidance_table[np.asarray(raw["intent_ids"])]
-        else:
-            raise ValueError("guidance is enabled but the batch has neither 'guidance' embeddings nor 'intent_ids' "
-                             "with an intent embedding table; set guidance.enabled=False or provide them")
-    return out
 
 
 class Trainer:
