@@ -227,7 +227,11 @@ def first_intact(root: str, attempt: Callable[[int], Any], step: int | None = No
     """Runs `attempt(step)` on the newest step whose checksums hold (or, with `step`, on that one only).
     A corrupt step, or one that vanished (a training run's cleanup), is reported and the next older one tried."""
     tried: list[str] = []
-    for s in candidate_steps(root, step):
+    candidates = candidate_steps(root, step)
+    if not candidates:
+        raise CheckpointError(f"no checkpoint at {root!r}: it holds no finished training steps (folders "
+                              f"<step>/state); {_EXPECTED}")
+    for s in candidates:
         folder = step_dir(root, s)
         try:
             if not verify_checksums(folder):
@@ -295,7 +299,14 @@ def check_shapes(stored, expected, where: str, error=None) -> None:
 
 def stored_tree(directory: str, prefix: Sequence[str] = ()):
     """Shapes (ArrayMetadata tree) of an Orbax PyTree directory, at `prefix`."""
-    tree = ocp.PyTreeCheckpointer().metadata(directory).item_metadata.tree
+    import logging
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)     # an item of a step has no _CHECKPOINT_METADATA of its own: Orbax warns
+    try:
+        tree = ocp.PyTreeCheckpointer().metadata(directory).item_metadata.tree
+    finally:
+        absl.setLevel(level)
     for key in prefix:
         if not isinstance(tree, Mapping) or key not in tree:
             raise CheckpointError(f"{directory} holds no {'/'.join(prefix)!r} parameters")

@@ -25,7 +25,9 @@ USER_ERROR_RC = 2
 # Error types of modules imported only when used; looked up at raise time so this module stays light.
 _LAZY_USER_ERRORS = (("wam_jax.checkpoint", "CheckpointError"), ("data_pipelines.schema", "RecordError"), ("data_pipelines.pipeline", "PipelineError"),
                      ("data_pipelines.builders", "BuildError"),
-                     ("wam_jax.interop.export", "ExportError"))
+                     ("wam_jax.interop.export", "ExportError"), ("wam_jax.interop.safetensors_io", "SafetensorsError"),
+                     ("wam_jax.interop.wan_layout", "WeightMismatchError"),
+                     ("wam_jax.interop.vae_import", "VAEWeightMismatchError"))
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, workdir: bool = False, checkpoint_arg: bool = False,

@@ -116,7 +116,7 @@ class ParamSource:
     def from_orbax(cls, directory: str, prefix: tuple[str, ...] = ()) -> "ParamSource":
         """The subtree at `prefix` of an Orbax PyTree checkpoint, restored leaf by leaf as numpy arrays."""
         checkpointer = ocp.PyTreeCheckpointer()
-        tree = checkpointer.metadata(directory).item_metadata.tree
+        tree = checkpoint.stored_tree(directory)
         for key in prefix:
             if not isinstance(tree, Mapping) or key not in tree:
                 checkpointer.close()

@@ -118,7 +118,7 @@ def convert_vae_state_dict(torch_state: Mapping[str, np.ndarray] | Iterable[tupl
 def read_vae_config(src: str) -> WanVAEConfig:
     path = os.path.join(src, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{src!r} holds no config.json: point --src at the diffusers 'vae' folder")
+        raise checkpoint.CheckpointError(f"{src!r} holds no config.json: point --src at the diffusers 'vae' folder")
     with open(path) as f:
         raw = json.load(f)
     if raw.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":

@@ -28,7 +28,7 @@ KIND = "wan_transformer"
 def read_diffusers_config(src: str) -> dict[str, Any]:
     path = os.path.join(src, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{src!r} holds no config.json: point --src at the diffusers 'transformer' folder")
+        raise checkpoint.CheckpointError(f"{src!r} holds no config.json: point --src at the diffusers 'transformer' folder")
     with open(path) as f:
         return json.load(f)
 
