@@ -148,19 +148,21 @@ def inspect_main(args: argparse.Namespace) -> int:
             pipe.source._reader(path, expected, 0)
         except schema.RecordError as e:
             broken.append(e)
+    bad_shown = 0
     for i in range(min(args.show, len(pipe.source))):
         try:
             clip = schema.deserialize_clip(pipe.source.read(i), decode_frames=False, spec=pipe.spec)
         except schema.RecordError as e:
             e = e if e.file is not None else e.at(*pipe.source.locate(i))
             print(f"  [{i}] BAD: {e}")
+            bad_shown += 1
             continue
         print(f"  [{i}] {clip.source}/{clip.clip_id} T={clip.num_frames} N={clip.num_chunks} "
               f"command={clip.command.tolist()} intent={clip.intent}")
     for e in broken:
         print(f"BAD file: {e}")
     if not args.validate:
-        if broken:
+        if broken or bad_shown:
             print("the dataset is damaged; `--validate` counts the bad records")
             return 1
         print("(files open; `--validate` reads and checks every record)")
