@@ -11,49 +11,17 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
-from data_pipelines import builders, fixtures
+from tests import probes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
 
 
-class _Clips(fixtures.WamSynthetic):
-    """Synthetic clips with one latent frame per chunk and no head frame (the tiny model's layout)."""
-
-    def _generate_clips(self):
-        for key, clip in super()._generate_clips():
-            clip.latents = clip.latents[1:]
-            clip.latent_chunk_start = np.arange(len(clip.latent_chunk_start), dtype=np.int32)
-            yield key, clip
-
-
-EXPERIMENT = """
-import sys
-sys.path.insert(0, {repo!r})
-from experiments.drivewam_tiny import get_config as tiny
-
-def get_config(arg=None):
-    c = tiny(arg)
-    c.wam.latent_frames_per_chunk = 1
-    c.chunks = 2
-    c.train.batch_size = 2
-    c.train.log_every = 1
-    c.data = dict(source="tfds", data_dir={data!r}, inputs="latents", num_workers=1, worker_buffer_size=1)
-    return c
-"""
-
-
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel")
-    data = builders.build(_Clips, fixtures.SyntheticConfig(name="rel", num_clips=4, num_chunks=2, n_wp=8,
-                                                           latent_shape=(4, 4, 8)), str(root / "data"))
-    path = root / "exp.py"
-    path.write_text(EXPERIMENT.format(repo=REPO, data=data))
-    return str(path)
+    return probes.write_tiny_experiment(str(tmp_path_factory.mktemp("rel")))[0]
 
 
 def _train(experiment, workdir, *extra):
