@@ -179,3 +179,32 @@ def test_resolve_errors_are_clear(tmp_path):
         checkpoint.resolve(str(tmp_path / "nope"))
     with pytest.raises(checkpoint.CheckpointError, match="no finished training steps"):
         checkpoint.resolve(str(tmp_path))
+
+
+def test_a_step_removed_while_reading_moves_on_to_the_newest_remaining(tmp_path, capsys):
+    """A rollout racing a training run's cleanup of old steps."""
+    root = tmp_path / "checkpoints"
+    for s in (2, 4):
+        (root / str(s) / "state").mkdir(parents=True)
+
+    def attempt(step):
+        if step == 4:
+            shutil.rmtree(root / "4")
+            raise FileNotFoundError("directory does not exist")
+        return "read"
+
+    assert checkpoint.first_intact(str(root), attempt) == (2, "read")
+    assert "removed while reading" in capsys.readouterr().err
+
+
+def test_a_failed_background_save_is_raised_as_a_checkpoint_error(tmp_path, monkeypatch):
+    store = checkpoint.RunCheckpoints(str(tmp_path), async_save=True)
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.manager, "check_for_errors", full_disk)
+    with pytest.raises(checkpoint.CheckpointError, match="writing a checkpoint .* failed: OSError.*No space left"):
+        store.check_for_errors()
+    monkeypatch.undo()
+    store.close()
