@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import logging
 import os
@@ -524,7 +525,7 @@ class ClipPipeline:
             _absl_flags_ready()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=c.num_workers,
                                                              per_worker_buffer_size=c.worker_buffer_size),
-                                worker_init_fn=_die_with_parent)
+                                worker_init_fn=functools.partial(_die_with_parent, parent_pid=os.getpid()))
         return it
 
     def iterator(self, state: Mapping[str, Any] | bytes | str | None = None) -> BatchIterator:
@@ -535,16 +536,29 @@ class ClipPipeline:
         return it
 
 
-def _die_with_parent(worker_index: int = 0, worker_count: int = 0) -> None:
-    """Runs in each grain worker process: exits it as soon as its parent is gone (a SIGKILLed trainer would
-    otherwise leave the workers running, holding their memory). Polling, not PR_SET_PDEATHSIG: that signal fires
-    when the parent *thread* that started the worker ends, which grain's starter thread may do early."""
+def _die_with_parent(worker_index: int = 0, worker_count: int = 0, parent_pid: int | None = None) -> None:
+    """Runs in each grain worker process: exits it as soon as the trainer (`parent_pid`, captured in the trainer
+    when the pipeline starts, so a worker still importing when the trainer dies knows whom to watch) is gone; a
+    SIGKILLed trainer would otherwise leave its workers running, holding their memory. Polling, not
+    PR_SET_PDEATHSIG: that signal fires when the parent *thread* that started the worker ends."""
     del worker_index, worker_count
-    parent = os.getppid()
+    parent = parent_pid or os.getppid()
+    started_under = os.getppid()
+
+    def gone() -> bool:
+        if started_under == parent and os.getppid() != parent:     # re-parented: the trainer died
+            return True
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
 
     def watch():
         import time
-        while os.getppid() == parent:
+        while not gone():
             time.sleep(0.5)
         os._exit(1)
 

@@ -69,8 +69,7 @@ def test_second_trainer_refused_killed_trainer_takes_its_workers_and_resume_is_c
         # The run has validated (config.json) and pulled its first batch: the grain worker process runs.
         _wait_for(lambda: (workdir / "config.json").exists() and _children(first.pid), 300,
                   "the first trainer's grain worker")
-        time.sleep(2)
-        workers = _children(first.pid)
+        workers = _children(first.pid)       # killed at once: a worker may still be importing (no watcher yet)
 
         second = subprocess.run(_train(experiment, workdir, "--set", "train.steps=3", "--set", "seed=1"),
                                 capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
