@@ -235,7 +235,8 @@ def _global_boxes(frame: dict) -> dict[str, tuple]:
     boxes = np.asarray(anns.get("gt_boxes", np.zeros((0, 7))), np.float64).reshape(-1, 7)
     names = list(anns.get("gt_names", []))
     tokens = list(anns.get("track_tokens", []))
-    vel = np.asarray(anns.get("gt_velocity_3d", np.zeros((len(boxes), 3))), np.float64).reshape(len(boxes), -1)
+    vel = np.asarray(anns.get("gt_velocity_3d", np.zeros((len(boxes), 3))), np.float64)
+    vel = vel.reshape(len(boxes), 3) if vel.size or len(boxes) else np.zeros((0, 3))
     if not (len(names) == len(tokens) == len(boxes) == len(vel)):
         raise ValueError(f"frame {frame.get('token')}: anns gt_boxes/gt_names/track_tokens/gt_velocity_3d lengths "
                          f"differ ({len(boxes)}, {len(names)}, {len(tokens)}, {len(vel)})")
