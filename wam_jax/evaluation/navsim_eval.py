@@ -169,7 +169,7 @@ class NuplanMap:
     def centerline(self, ego_xy, route_ids: Sequence[str], max_hops: int = 8) -> np.ndarray:
         """Baseline paths along the route through the ego's lane ([N, 2])."""
         route = set(route_ids)
-        lanes = [i for i in route if ("lane", i) in self.baselines]
+        lanes = sorted(i for i in route if ("lane", i) in self.baselines)  # sorted: ties break the same way
         if not lanes:
             raise ValueError(f"{self.path}: no baseline path for any route lane {sorted(route)}")
         point = shapely.Point(float(ego_xy[0]), float(ego_xy[1]))
