@@ -5,6 +5,9 @@ in fresh folders; the printed table and every per-episode float must match exact
 import json
 import os
 
+import jax
+import numpy as np
+
 from wam_jax import demo
 from wam_jax.config import load_config
 
@@ -22,6 +25,15 @@ def small_run(out):
     return summary["table"], summary["aggregates"], episodes
 
 
+def final_state(out):
+    """Every array of the last training checkpoint (params, EMA, optimizer state), as numpy."""
+    import orbax.checkpoint as ocp
+    manager = ocp.CheckpointManager(os.path.join(out, "run", "checkpoints"))
+    state = ocp.PyTreeCheckpointer().restore(os.path.join(out, "run", "checkpoints", str(manager.latest_step()),
+                                                          "state"))
+    return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
 def test_same_seed_gives_bit_identical_table(tmp_path):
     first = small_run(str(tmp_path / "a"))
     second = small_run(str(tmp_path / "b"))
@@ -29,3 +41,6 @@ def test_same_seed_gives_bit_identical_table(tmp_path):
     assert first[1] == second[1]        # aggregates, float ==
     assert first[2] == second[2]        # every per-episode scalar (video/plot paths are off)
     assert "drivewam" in first[1] and first[1]["drivewam"]["episodes"] == 1
+    # the trained state itself, bit for bit (the table alone could hide a small difference)
+    a, b = final_state(str(tmp_path / "a")), final_state(str(tmp_path / "b"))
+    assert len(a) == len(b) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b))
