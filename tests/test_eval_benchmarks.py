@@ -2,6 +2,7 @@
 with expected scores computed by hand (arithmetic in the comments) and float64 closed-form references."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -330,3 +331,34 @@ def test_interpolate_waypoints_from_origin():
     out = benchmarks.interpolate_waypoints(np.array([1.0, 2.0]), np.array([[10.0, 0, 0], [20.0, 2, 0.2]]),
                                            np.array([0.5, 1.5, 2.0]))
     np.testing.assert_allclose(out, [[5, 0, 0], [15, 1, 0.1], [20, 2, 0.2]])
+
+
+def test_drivewam_adapter_resamples_context_to_the_model_chunk():
+    # The DriveWAM planner reads one 4 s chunk: 20 frames at 5 Hz before "now" (+ now) and 8 poses at 2 Hz.
+    # NAVSIM gives 4 frames / poses at 2 Hz (1.5 s): ego at 10 m/s straight, poses x = -15, -10, -5, 0.
+    from wam_jax.sim import highway as hw
+
+    class Stub:
+        def plan(self, obs):
+            self.obs = obs
+            return np.stack([5.0 * np.arange(1, 9), np.zeros(8), np.zeros(8)], -1)
+
+    bench = object.__new__(benchmarks.DriveWAMBench)
+    bench.sim_cfg, bench.planner = hw.HighwaySimConfig(), Stub()
+    frames = np.stack([np.full((8, 8, 3), 50 * i, np.uint8) for i in range(4)])
+    inp = benchmarks.BenchInput("s", navsim_eval.PLAN_TIMES, np.stack([np.arange(-15.0, 1, 5), np.zeros(4),
+                                np.zeros(4)], -1), 0.5, np.array([10.0, 0.0]), 0, frames=frames, frame_dt=0.5)
+    plan = bench.plan(inp)
+    obs = bench.planner.obs
+    # poses at -4.0 ... -0.5 s: x = 10 t, inside the history by interpolation, before it by extrapolation
+    np.testing.assert_allclose(obs.pose_history[:, 0], 10.0 * (np.arange(8) - 8) / 2.0, atol=1e-12)
+    # frame slots at -4.0, -3.8, ..., 0 s take the latest frame at or before them (frame 0 before -1.5 s):
+    # slots -4.0 ... -1.2 -> frame 0 (t = -1.5, or before it), -1.0 / -0.8 / -0.6 -> frame 1 (t = -1.0),
+    # -0.4 / -0.2 -> frame 2 (t = -0.5), 0 -> frame 3
+    got = obs.frames[:, 0, 0, 0].tolist()
+    assert obs.frames.shape == (21, 64, 64, 3)
+    assert got == [0] * 15 + [50] * 3 + [100] * 2 + [150]
+    assert obs.intent.command == "change lane left" and obs.ego.speed == 10.0
+    np.testing.assert_allclose(plan, Stub().plan(None))
+    with pytest.raises(ValueError, match="plans 4 s ahead"):
+        bench.plan(dataclasses.replace(inp, times_s=np.arange(1, 65) * 0.1))

@@ -36,6 +36,7 @@ class BenchInput:
     velocity: np.ndarray  # [2] current (forward, left) velocity [m/s]
     command: int  # data_pipelines.schema command: 0 left, 1 straight, 2 right, 3 unknown
     frames: Optional[np.ndarray] = None  # [F, H, W, 3] uint8 up to "now", only for planners with needs_frames
+    frame_dt: float = 0.0  # seconds between those frames
     logged_future: Optional[np.ndarray] = None  # privileged: [T, 3] the logged future at times_s (oracle only)
 
 
@@ -70,9 +71,13 @@ COMMAND_TO_INTENT = {0: "change lane left", 1: "keep lane", 2: "change lane righ
 class DriveWAMBench:
     """A trained DriveWAM checkpoint as a benchmark planner, through the closed-loop DriveWAMPlanner.
 
-    The benchmark frames are resized to the model's frame size; the history poses become the planner's pose
-    history; the route command becomes the intent. The model's waypoints (at `sim.waypoint_times`) are
-    linearly interpolated to the benchmark's times, from the origin at t = 0."""
+    The model was trained on chunks of `sim.chunk_s` seconds: frames at `sim.frame_hz` and poses at
+    `sim.waypoint_hz`. Benchmarks give less history (NAVSIM: 4 frames and poses at 2 Hz = 1.5 s), so the context is
+    resampled to the model's times: each frame slot takes the latest benchmark frame at or before it (the oldest
+    one before the history starts), each pose is interpolated linearly in time and extrapolated backwards at the
+    oldest velocity before the history starts. Frames are resized to the model's size; the route command becomes
+    the intent. The model's waypoints are interpolated linearly to the benchmark's times from the origin at t = 0.
+    """
 
     name = "drivewam"
     needs_frames = True
@@ -87,27 +92,55 @@ class DriveWAMBench:
         self.planner = cl.build_planner(cl.LEARNED_PLANNER, self.sim_cfg, checkpoint, config)
         self.planner.reset(0)
 
-    def plan(self, inp: BenchInput) -> np.ndarray:
+    def observation(self, inp: BenchInput):
+        """The closed-loop Observation the DriveWAM planner reads, built from the benchmark's fair inputs."""
         from wam_jax.evaluation import closed_loop as cl
         from wam_jax.sim import highway as hw
 
+        if inp.frames is None or len(inp.frames) == 0 or inp.frame_dt <= 0:
+            raise ValueError(f"scene {inp.scene_id}: drivewam needs camera frames and their spacing")
+        cfg = self.sim_cfg
+        n_frames = int(round(cfg.chunk_s * cfg.frame_hz)) + 1  # one chunk before "now", plus "now"
+        frame_times = (np.arange(n_frames) - (n_frames - 1)) / cfg.frame_hz
+        have_times = (np.arange(len(inp.frames)) - (len(inp.frames) - 1)) * inp.frame_dt
+        pick = np.clip(np.searchsorted(have_times, frame_times + 1e-9, side="right") - 1, 0, len(inp.frames) - 1)
+        frames = np.stack([_resize(inp.frames[i], tuple(cfg.image_size)) for i in pick])
+        n_poses = cfg.waypoints_per_chunk
+        pose_times = (np.arange(n_poses) - n_poses) / cfg.waypoint_hz  # -chunk_s ... -1/hz
+        history = history_at(inp.history, inp.history_dt, pose_times)
+        speed = float(np.hypot(*inp.velocity))
+        intent = COMMAND_TO_INTENT.get(int(inp.command), "keep lane")
+        return cl.Observation(
+            time_s=0.0, frames=frames,
+            ego=hw.EgoState(x=0.0, y=0.0, heading=0.0, speed=speed, lane=-1, on_road=True, crashed=False),
+            intent=hw.Intent(intent, intent), pose_history=history, speed_history=np.full(n_poses, speed),
+            waypoint_times=cfg.waypoint_times)
+
+    def plan(self, inp: BenchInput) -> np.ndarray:
         times = np.asarray(inp.times_s, np.float64)
         horizon = float(self.sim_cfg.waypoint_times[-1])
         if times[-1] > horizon + 1e-9:
             raise ValueError(f"drivewam plans {horizon:g} s ahead; the benchmark asks for {times[-1]:g} s "
                              "(evaluate a shorter horizon)")
-        if inp.frames is None or len(inp.frames) == 0:
-            raise ValueError(f"scene {inp.scene_id}: drivewam needs camera frames")
-        frames = np.stack([_resize(f, tuple(self.sim_cfg.image_size)) for f in inp.frames])
-        speed = float(np.hypot(*inp.velocity))
-        intent = COMMAND_TO_INTENT.get(int(inp.command), "keep lane")
-        obs = cl.Observation(
-            time_s=0.0, frames=frames,
-            ego=hw.EgoState(x=0.0, y=0.0, heading=0.0, speed=speed, lane=-1, on_road=True, crashed=False),
-            intent=hw.Intent(intent, intent), pose_history=np.asarray(inp.history[:-1], np.float64),
-            speed_history=np.full(len(inp.history) - 1, speed), waypoint_times=self.sim_cfg.waypoint_times)
-        plan = np.asarray(self.planner.plan(obs), np.float64)
+        plan = np.asarray(self.planner.plan(self.observation(inp)), np.float64)
         return interpolate_waypoints(self.sim_cfg.waypoint_times, plan, times)
+
+
+def history_at(history: np.ndarray, dt: float, times: np.ndarray) -> np.ndarray:
+    """Past poses [H, 3] (oldest first, the last at t = 0, spaced dt) -> poses at `times` (<= 0): linear in time
+    inside the history, extrapolated at the oldest step's velocity before it."""
+    history = np.asarray(history, np.float64)
+    t = (np.arange(len(history)) - (len(history) - 1)) * dt
+    if len(history) < 2:
+        return np.repeat(history[:1], len(times), axis=0)
+    heading = np.unwrap(history[:, 2])
+    out = np.stack([np.interp(times, t, history[:, 0]), np.interp(times, t, history[:, 1]),
+                    np.interp(times, t, heading)], -1)
+    before = times < t[0]
+    rate = (np.stack([history[1, 0], history[1, 1], heading[1]]) - np.stack([history[0, 0], history[0, 1], heading[0]])) / dt
+    out[before] = np.stack([history[0, 0], history[0, 1], heading[0]]) + (times[before] - t[0])[:, None] * rate
+    out[:, 2] = np.arctan2(np.sin(out[:, 2]), np.cos(out[:, 2]))
+    return out
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -338,7 +338,7 @@ SUMMARY_COLUMNS = ("planner", "scenes", "nc", "dac", "ttc", "c", "ep", "pdms")
 def score_scene(planner, loaded: LoadedScene) -> dict:
     inp = loaded.bench_input
     if getattr(planner, "needs_frames", False) and inp.frames is None:
-        inp = dataclasses.replace(inp, frames=_frames_for(loaded.frames_ref))
+        inp = dataclasses.replace(inp, frames=_frames_for(loaded.frames_ref), frame_dt=FRAME_DT)
     plan = benchmarks.plan_samples(planner, inp)[0]
     r = pdms(loaded.scene, plan)
     return {"planner": planner.name, "log_name": loaded.log_name, "token": loaded.token, "nc": r.nc, "dac": r.dac,

@@ -127,7 +127,7 @@ def evaluate(planners: dict, clips: Sequence[LoadedClip], src: str = "",
         inp = clip.bench_input
         for name, planner in planners.items():
             if getattr(planner, "needs_frames", False) and inp.frames is None:
-                inp = dataclasses.replace(inp, frames=_frames_for(src, clip, cameras))
+                inp = dataclasses.replace(inp, frames=_frames_for(src, clip, cameras), frame_dt=STEP_S)
             pred = benchmarks.plan_samples(planner, inp)
             rows[name].append({"planner": name, "clip_id": clip.clip_id, "t0_us": clip.t0_us,
                                **score_clip(pred, clip.future)})
