@@ -164,12 +164,22 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
     _log(f"[eval] closed loop: {episodes} held-out seeds from {EVAL_SEED}, {cl_cfg.episode_s:g} s each")
     results = cl.evaluate(planners, episodes, EVAL_SEED, sim_cfg, cl_cfg, eval_dir, log=_log)
     cl.write_results(eval_dir, results, {"checkpoint_step": step, "config": config_name,
-                                         "overrides": list(overrides)})
+                                         "overrides": list(overrides), **numerics_environment()})
     _log(f"[eval] done ({time.perf_counter() - start:.0f} s)")
     summary = {"table": cl.format_table(results), "aggregates": {n: cl.aggregate(r) for n, r in results.items()}}
     if imagine:
         summary["imagination"] = imagine_heldout(config, params, heldout_dir, out)
     return summary
+
+
+def numerics_environment() -> dict:
+    """What the numbers depend on besides the seed: XLA:CPU sizes its thread pool from the CPUs this process may
+    use, and its dot products change with it, so tables are bit-identical only for the same CPU count and
+    library versions (docs/PERFORMANCE.md, determinism)."""
+    import jax
+    import jaxlib
+    return {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__}
 
 
 def verdict(aggregates: dict) -> str:
