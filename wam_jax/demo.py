@@ -216,7 +216,8 @@ def cli(argv: list[str]) -> int:
         f"FDE {imagination['fde_m']:.2f} m.",
         f"Outputs in {args.out}: eval/results.txt, eval/*.mp4 + *.png (per episode), real_vs_imagined.mp4/.png, "
         f"imagined_trajectory.png, run/ (checkpoints, tensorboard).",
-        f"Total {time.perf_counter() - t0:.0f} s.",
+        f"Total {time.perf_counter() - t0:.0f} s. Numbers are bit-identical for the same seed, CPU count and "
+        f"library versions: {', '.join(f'{k} {v}' for k, v in numerics_environment().items())}.",
     ]
     text = "\n".join(lines)
     _log(text)
