@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Callable, Optional, Sequence
@@ -83,18 +82,18 @@ class DriveWAMBench:
     needs_frames = True
 
     def __init__(self, checkpoint: str, config_spec: str, overrides: Sequence[str] = ()):
-        from wam_jax.config import dataclass_from_config, load_config
-        from wam_jax.evaluation import closed_loop as cl
-        from wam_jax.sim import highway as hw
+        from wam_jax import planners
+        from wam_jax.config import load_config
+        from wam_jax.experiment import Experiment
 
         config = load_config(config_spec, list(overrides))
-        self.sim_cfg = dataclass_from_config(hw.HighwaySimConfig, config.sim, f"{config_spec}: sim")
-        self.planner = cl.build_planner(cl.LEARNED_PLANNER, self.sim_cfg, checkpoint, config)
+        self.sim_cfg = Experiment(config).sim
+        self.planner = planners.build_planner(planners.LEARNED_PLANNER, self.sim_cfg, checkpoint, config)
         self.planner.reset(0)
 
     def observation(self, inp: BenchInput):
         """The closed-loop Observation the DriveWAM planner reads, built from the benchmark's fair inputs."""
-        from wam_jax.evaluation import closed_loop as cl
+        from wam_jax.planners.base import Observation
         from wam_jax.sim import highway as hw
 
         if inp.frames is None or len(inp.frames) == 0 or inp.frame_dt <= 0:
@@ -110,7 +109,7 @@ class DriveWAMBench:
         history = history_at(inp.history, inp.history_dt, pose_times)
         speed = float(np.hypot(*inp.velocity))
         intent = COMMAND_TO_INTENT.get(int(inp.command), "keep lane")
-        return cl.Observation(
+        return Observation(
             time_s=0.0, frames=frames,
             ego=hw.EgoState(x=0.0, y=0.0, heading=0.0, speed=speed, lane=-1, on_road=True, crashed=False),
             intent=hw.Intent(intent, intent), pose_history=history, speed_history=np.full(n_poses, speed),
@@ -203,19 +202,16 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 4) -> str:
-    """Plain-text table (first column left-aligned, the rest right-aligned)."""
-    cells = [list(columns)] + [[_fmt(r.get(c, float("nan")), digits) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    """The summary rows as the project's plain-text table (wam_jax.tools.tables)."""
+    from wam_jax.tools import tables
+    return tables.format_table(columns, [[_fmt(r.get(c, float("nan")), digits) for c in columns] for r in rows])
 
 
 def write_outputs(out_dir: str, scene_rows: Sequence[dict], scene_columns: Sequence[str],
                   summary_rows: Sequence[dict], summary_columns: Sequence[str], meta: dict) -> str:
-    """Writes scenes.csv (one row per planner and scene), summary.txt (the table) and summary.json; returns the
-    table text."""
+    """Writes scenes.csv (one row per planner and scene, full float precision), summary.txt (the table) and
+    summary.json; returns the table text."""
+    from wam_jax.tools import tables
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "scenes.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(scene_columns), extrasaction="ignore")
@@ -225,10 +221,7 @@ def write_outputs(out_dir: str, scene_rows: Sequence[dict], scene_columns: Seque
     table = format_table(summary_rows, summary_columns)
     with open(os.path.join(out_dir, "summary.txt"), "w") as f:
         f.write(table + "\n")
-    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else
-                  (v.item() if isinstance(v, np.generic) else v)) for k, v in r.items()} for r in summary_rows]
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump({"meta": meta, "summary": clean}, f, indent=1, allow_nan=False)
+    tables.write_json(os.path.join(out_dir, "summary.json"), {"meta": meta, "summary": list(summary_rows)})
     return table
 
 
