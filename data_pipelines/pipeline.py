@@ -74,6 +74,7 @@ class PipelineConfig:
     worker_buffer_size: int = 2       # batches buffered per worker
     read_threads: int = 2             # threads reading/decoding per process
     skip_bad_records: bool = False
+    max_bad_records: int = 100        # with skip_bad_records: more distinct bad records than this stop reading
     inputs: str = "auto"              # auto (latents if present, else frames) | frames | latents | both
     image_size: tuple[int, ...] = ()  # (H, W) to resize frames to; () keeps the stored size
     intent_vocab: tuple[str, ...] = ()  # () → the dataset's metadata vocabulary
@@ -492,6 +493,11 @@ class ClipPipeline:
                     self.skipped_records.add((file, index))
                     log.warning("skipped bad record %s record %d: %s (skipped so far: %d)", file, index, problem,
                                 self.num_skipped)
+            limit = self.config.max_bad_records
+            if limit and len(self.skipped_records) > limit:
+                raise PipelineError(f"more than max_bad_records={limit} bad records skipped in {self.dataset_dir} "
+                                    f"(last: {file} record {index}: {problem}); the dataset is damaged: check it with "
+                                    "`python -m data_pipelines inspect --validate --data DIR`")
 
     def skip_report(self) -> str:
         return (f"{self.num_skipped} example(s) skipped from {len(self.skipped_records)} bad record(s)"
@@ -517,7 +523,8 @@ class ClipPipeline:
         if c.num_workers > 0:
             _absl_flags_ready()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=c.num_workers,
-                                                             per_worker_buffer_size=c.worker_buffer_size))
+                                                             per_worker_buffer_size=c.worker_buffer_size),
+                                worker_init_fn=_die_with_parent)
         return it
 
     def iterator(self, state: Mapping[str, Any] | bytes | str | None = None) -> BatchIterator:
@@ -526,6 +533,22 @@ class ClipPipeline:
         if state is not None:
             it.set_state(state)
         return it
+
+
+def _die_with_parent(worker_index: int = 0, worker_count: int = 0) -> None:
+    """Runs in each grain worker process: exits it as soon as its parent is gone (a SIGKILLed trainer would
+    otherwise leave the workers running, holding their memory). Polling, not PR_SET_PDEATHSIG: that signal fires
+    when the parent *thread* that started the worker ends, which grain's starter thread may do early."""
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch():
+        import time
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="wam-die-with-parent", daemon=True).start()
 
 
 def _absl_flags_ready() -> None:

@@ -12,13 +12,13 @@ import ml_collections
 
 from data_pipelines import pipeline
 from wam_jax import experiment as base
-from wam_jax.config import parse_arg
+from wam_jax.config import one_of, parse_arg
 from wam_jax.models.presets import wan_model_config
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, guidance="on", memory="full", steps=3000, clips=40, data_dir="out/demo/data", seed=0,
-                    init="scratch", layers=3)
+    arg = parse_arg(arg, guidance=one_of("on", "off"), memory=one_of("full", "selective"), steps=3000, clips=40, data_dir="out/demo/data", seed=0,
+                    init=one_of("scratch", "wan"), layers=3)
     c = ml_collections.ConfigDict()
     c.seed = arg.seed
     s2d, stride = 8, 10
@@ -31,9 +31,10 @@ def get_config(arg=None):
     c.chunks = 2                     # one context chunk + one predicted chunk per training example
     c.init = arg.init
     c.init_checkpoint = ""
-    # Per-waypoint statistics; `make demo` refits them on the built dataset (data_pipelines stats) before training.
+    # Per-waypoint statistics: placeholders that `train` (data_pipelines/prepare.py) replaces by the built
+    # dataset's (from_data=True); the run's saved config.json holds the fitted values.
     c.action_norm = dict(mean=[[12.0 * (k + 1), 0.0, 0.0] for k in range(8)],
-                         std=[[3.0 * (k + 1), 0.5 * (k + 1), 0.02 * (k + 1)] for k in range(8)])
+                         std=[[3.0 * (k + 1), 0.5 * (k + 1), 0.02 * (k + 1)] for k in range(8)], from_data=True)
     c.flow = base.flow(action_weight=2.0, loss_from_chunk=1)
     c.train = base.train(arg.steps, 8, lr=1e-3, warmup_steps=100, end_lr_ratio=0.05, b2=0.99, ema_decay=0.995,
                          keep_checkpoints=2, log_every=250)

@@ -166,4 +166,4 @@ def test_rollout_cli_end_to_end(tmp_path):
         assert (out / name).exists()
     missing = subprocess.run([sys.executable, "-m", "wam_jax", "rollout", "--config", TINY, "--checkpoint",
                               str(tmp_path / "nope")], capture_output=True, text=True, cwd=REPO)
-    assert missing.returncode != 0 and "no training checkpoints" in missing.stderr
+    assert missing.returncode == 2 and "no checkpoint at" in missing.stderr and missing.stderr.count("\n") == 1

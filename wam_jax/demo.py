@@ -13,13 +13,14 @@ Reruns reuse the dataset and the finished training run in OUT (deterministic: sa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import time
 
 import numpy as np
+
+from wam_jax import cli as wam_cli
 
 EXPERIMENT = "experiments/drivewam_highway.py"
 EVAL_SEED = 50_000          # held-out scenes: training clips come from seeds 0, 1, 2, ...
@@ -48,24 +49,6 @@ def build_datasets(config, out: str):
         _log(f"[data] {name}: {clips} clips → {path} ({time.perf_counter() - start:.0f} s)")
         dirs.append(path)
     return dirs
-
-
-def fit_action_norm(data_dir: str):
-    from data_pipelines import pipeline
-    from wam_jax.data import ActionNorm
-    waypoints = np.concatenate([clip.waypoints for clip in pipeline.iter_clips(data_dir, decode_frames=False)])
-    return ActionNorm.fit(waypoints, per_waypoint=True, min_std=0.05)
-
-
-def fit_latent_pca(config, data_dir: str, max_clips: int = 20) -> float:
-    from data_pipelines import pipeline
-    from wam_jax.models import latents
-    clips = []
-    for i, clip in enumerate(pipeline.iter_clips(data_dir)):
-        if i >= max_clips:
-            break
-        clips.append(clip.frames)
-    return latents.fit_pca(np.stack(clips), config, config.latent.pca_path)
 
 
 def imagine_heldout(config, params, heldout_dir: str, out: str, chunks: int = 3) -> dict:
@@ -121,6 +104,7 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
         overrides=()) -> dict:
     """The whole pipeline on `config` into `out`; returns the closed-loop aggregates (and imagination errors)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")     # "dummy" renders blank frames in highway-env
+    from data_pipelines import prepare
     from wam_jax import planners as planner_table
     from wam_jax.evaluation import closed_loop as cl
     from wam_jax.experiment import Experiment
@@ -128,22 +112,10 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
 
     os.makedirs(out, exist_ok=True)
     train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out)
-    norm = fit_action_norm(train_dir)
     with config.unlocked():
         config.data.data_dir = train_dir
-        config.action_norm.mean = norm.mean.tolist()
-        config.action_norm.std = norm.std.tolist()
-    if config.latent.kind == "pca" and not config.latent.pca_path:
-        with config.unlocked():
-            config.latent.pca_path = os.path.join(train_dir, "pca_latents.npz")
-        if not os.path.exists(config.latent.pca_path):
-            explained = fit_latent_pca(config, train_dir)
-            _log(f"[data] PCA latent basis: {config.latent.channels} components explain {explained:.1%} of the "
-                 f"pixel-block variance → {config.latent.pca_path}")
+    prepare.complete_config(config, log=_log)      # action statistics + PCA basis: `python -m data_pipelines prepare`
     workdir = os.path.join(out, "run")
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2, default=str)
 
     start = time.perf_counter()
     _log(f"[train] {config.train.steps} steps, batch {config.train.batch_size} → {workdir}")
@@ -188,14 +160,15 @@ def verdict(aggregates: dict) -> str:
             f"progress {ours['progress_m']:.0f} m vs {cv['progress_m']:.0f} m).")
 
 
+@wam_cli.user_errors
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/demo")
-    parser.add_argument("--config", default=EXPERIMENT, help="experiment file[:args] (default %(default)s)")
+    wam_cli.add_config_args(parser)
     parser.add_argument("--episodes", type=int, default=8, help="held-out closed-loop episodes per planner")
     parser.add_argument("--fresh", action="store_true", help="delete OUT first")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.set_defaults(config=EXPERIMENT)
     args = parser.parse_args(argv)
     from wam_jax.config import load_config
 

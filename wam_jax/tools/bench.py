@@ -56,6 +56,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from wam_jax import cli as wam_cli
 from wam_jax.tools import tables as table_io
 
 SECTIONS = ("train", "rollout", "torch", "input")
@@ -743,8 +744,7 @@ def run(argv: Sequence[str], out=None) -> dict:
     out = out or sys.stdout
     parser = argparse.ArgumentParser(prog="python -m wam_jax bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiments/<file>.py[:key=value,...]")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    wam_cli.add_config_args(parser, config_required=True)
     parser.add_argument("--steps", type=int, default=10, help="timed steps / chunks / calls per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (compile included)")
     parser.add_argument("--batch", type=int, default=None, help="train batch (default config.train.batch_size)")
@@ -819,11 +819,7 @@ def run(argv: Sequence[str], out=None) -> dict:
     return results
 
 
+@wam_cli.user_errors
 def cli(argv: list[str]) -> int:
-    from wam_jax.config import ConfigError
-    try:
-        run(argv)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run(argv)
     return 0
