@@ -29,7 +29,7 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def build_datasets(config, out: str):
+def build_datasets(config, out: str, heldout_clips: int = 2):
     """(train dataset dir, held-out dataset dir); reuses what exists."""
     from data_pipelines import builders
     from data_pipelines.sources.highway import HighwayConfig, WamHighway
@@ -39,7 +39,7 @@ def build_datasets(config, out: str):
                   frame_hz=sim.frame_hz, chunk_s=sim.chunk_s, waypoints_per_chunk=sim.waypoints_per_chunk,
                   waypoint_hz=sim.waypoint_hz)
     dirs = []
-    for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", 2, ds.heldout_seed)):
+    for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", heldout_clips, ds.heldout_seed)):
         cfg = HighwayConfig(name=f"demo_{name}", num_clips=clips, seed=seed, **common)
         start = time.perf_counter()
         path = builders.build(WamHighway, cfg, os.path.join(out, "data" if name == "train" else "heldout"))
@@ -115,17 +115,11 @@ def _save_png(path: str, image: np.ndarray) -> None:
     iio.imwrite(path, image)
 
 
-def run(config, out: str, episodes: int, imagine: bool = True, config_name: str = EXPERIMENT,
-        overrides=()) -> dict:
-    """The whole pipeline on `config` into `out`; returns the closed-loop aggregates (and imagination errors)."""
-    os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")     # "dummy" renders blank frames in highway-env
-    from wam_jax import planners as planner_table
-    from wam_jax.evaluation import closed_loop as cl
-    from wam_jax.experiment import Experiment
-    from wam_jax.training.trainer import Trainer
-
-    os.makedirs(out, exist_ok=True)
-    train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out)
+def prepare_data(config, out: str, heldout_clips: int = 2):
+    """Builds (or reuses) the datasets next to config.data.data_dir, fits the action normalisation and the PCA
+    latent basis, and writes them into `config`; returns (train dataset dir, held-out dataset dir)."""
+    train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out,
+                                            heldout_clips)
     norm = fit_action_norm(train_dir)
     with config.unlocked():
         config.data.data_dir = train_dir
@@ -138,6 +132,20 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
             explained = fit_latent_pca(config, train_dir)
             _log(f"[data] PCA latent basis: {config.latent.channels} components explain {explained:.1%} of the "
                  f"pixel-block variance → {config.latent.pca_path}")
+    return train_dir, heldout_dir
+
+
+def run(config, out: str, episodes: int, imagine: bool = True, config_name: str = EXPERIMENT,
+        overrides=()) -> dict:
+    """The whole pipeline on `config` into `out`; returns the closed-loop aggregates (and imagination errors)."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")     # "dummy" renders blank frames in highway-env
+    from wam_jax import planners as planner_table
+    from wam_jax.evaluation import closed_loop as cl
+    from wam_jax.experiment import Experiment
+    from wam_jax.training.trainer import Trainer
+
+    os.makedirs(out, exist_ok=True)
+    train_dir, heldout_dir = prepare_data(config, out)
     workdir = os.path.join(out, "run")
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
