@@ -128,14 +128,16 @@ def relevance(queries, keys, valid):
 
 def redundancy(keys, valid, eps: float = 1e-6):
     """η: keys [..., P, H, Dh], valid [..., P] → [..., P] float32, the mean cosine similarity of each key to the
-    other valid keys (per head, then averaged over heads), in O(P·H·Dh) from the sum of unit keys. A zero key
-    has cosine 0 with everything; a pool with one valid key gives 0."""
+    other valid keys (per head, then averaged over heads), in O(P·H·Dh) from the sum of unit keys
+    S = Σ_ℓ k_ℓ/|k_ℓ|: Σ_{ℓ≠j} cos(k_j, k_ℓ) = (k_j·S)/|k_j| − 1. The unit keys are never materialised (three
+    reads of the keys, no [P, H, Dh] temporary). A zero key has cosine 0 with everything; a pool with one valid
+    key gives 0."""
     k = keys.astype(jnp.float32)
-    unit = k / jnp.maximum(jnp.linalg.norm(k, axis=-1, keepdims=True), eps)
-    unit = jnp.where(valid[..., None, None], unit, 0.0)
-    total = jnp.sum(unit, axis=-3)                                            # S: [..., H, Dh]
-    self_dot = jnp.sum(unit * unit, axis=-1)                                  # 1, or 0 for a zero key
-    others = jnp.einsum("...phd,...hd->...ph", unit, total) - self_dot        # Σ_{ℓ≠j} cos, per head
+    norm = jnp.sqrt(jnp.sum(k * k, axis=-1))                                  # [..., P, H]
+    inv = jnp.where(valid[..., None], 1.0 / jnp.maximum(norm, eps), 0.0)      # 1/|k|, 0 at invalid slots
+    total = jnp.einsum("...ph,...phd->...hd", inv, k)                         # S: [..., H, Dh]
+    self_dot = (norm * inv) ** 2                                              # u_j·u_j: 1, or < 1 for ~0 keys
+    others = jnp.einsum("...phd,...hd->...ph", k, total) * inv - self_dot     # Σ_{ℓ≠j} cos, per head
     n = jnp.sum(valid, axis=-1, keepdims=True).astype(jnp.float32)
     return jnp.mean(others, axis=-1) / jnp.maximum(n - 1.0, 1.0)
 
