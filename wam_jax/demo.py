@@ -30,7 +30,7 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def build_datasets(config, out: str):
+def build_datasets(config, out: str, heldout_clips: int = 2):
     """(train dataset dir, held-out dataset dir); reuses what exists."""
     import dataclasses
 
@@ -42,7 +42,7 @@ def build_datasets(config, out: str):
     sim = dataclasses.replace(Experiment(config).sim, perturb_steering=ds.perturb_steering,
                               perturb_rate_hz=ds.perturb_rate_hz, perturb_s=ds.perturb_s)
     dirs = []
-    for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", 2, ds.heldout_seed)):
+    for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", heldout_clips, ds.heldout_seed)):
         cfg = HighwayConfig(name=f"demo_{name}", num_clips=clips, seed=seed, num_chunks=ds.num_chunks, sim=sim)
         start = time.perf_counter()
         path = builders.build(WamHighway, cfg, os.path.join(out, "data" if name == "train" else "heldout"))
@@ -100,21 +100,29 @@ def _save_png(path: str, image: np.ndarray) -> None:
     iio.imwrite(path, image)
 
 
+def prepare_data(config, out: str, heldout_clips: int = 2):
+    """Builds (or reuses) the datasets next to config.data.data_dir and fills what the config leaves to the data
+    (action statistics, PCA latent basis: `python -m data_pipelines prepare`); returns (train dir, held-out dir)."""
+    from data_pipelines import prepare
+    train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out,
+                                            heldout_clips)
+    with config.unlocked():
+        config.data.data_dir = train_dir
+    prepare.complete_config(config, log=_log)
+    return train_dir, heldout_dir
+
+
 def run(config, out: str, episodes: int, imagine: bool = True, config_name: str = EXPERIMENT,
         overrides=()) -> dict:
     """The whole pipeline on `config` into `out`; returns the closed-loop aggregates (and imagination errors)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")     # "dummy" renders blank frames in highway-env
-    from data_pipelines import prepare
     from wam_jax import planners as planner_table
     from wam_jax.evaluation import closed_loop as cl
     from wam_jax.experiment import Experiment
     from wam_jax.training.trainer import Trainer
 
     os.makedirs(out, exist_ok=True)
-    train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out)
-    with config.unlocked():
-        config.data.data_dir = train_dir
-    prepare.complete_config(config, log=_log)      # action statistics + PCA basis: `python -m data_pipelines prepare`
+    train_dir, heldout_dir = prepare_data(config, out)
     workdir = os.path.join(out, "run")
 
     start = time.perf_counter()
