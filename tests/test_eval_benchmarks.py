@@ -339,6 +339,9 @@ def test_drivewam_adapter_resamples_context_to_the_model_chunk():
     from wam_jax.sim import highway as hw
 
     class Stub:
+        def reset(self, seed):
+            pass
+
         def plan(self, obs):
             self.obs = obs
             return np.stack([5.0 * np.arange(1, 9), np.zeros(8), np.zeros(8)], -1)

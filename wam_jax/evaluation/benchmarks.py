@@ -121,6 +121,7 @@ class DriveWAMBench:
         if times[-1] > horizon + 1e-9:
             raise ValueError(f"drivewam plans {horizon:g} s ahead; the benchmark asks for {times[-1]:g} s "
                              "(evaluate a shorter horizon)")
+        self.planner.reset(0)  # the same sampling noise for every scene: a scene's score does not depend on order
         plan = np.asarray(self.planner.plan(self.observation(inp)), np.float64)
         return interpolate_waypoints(self.sim_cfg.waypoint_times, plan, times)
 

@@ -35,7 +35,6 @@ import glob
 import json
 import os
 import sqlite3
-import struct
 import sys
 import time
 from typing import Any, Iterator, Optional, Sequence
