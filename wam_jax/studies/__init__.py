@@ -2,7 +2,7 @@
 
     python -m wam_jax.studies run --study guidance --out out/studies      # train + closed-loop eval per variant
     python -m wam_jax.studies collect --out out/studies                   # one table over everything found
-    python -m wam_jax.studies memory-table --out out/studies/memory_table  # paper Table 5 (evaluation/memory_table.py)
+    python -m wam_jax.studies memory-table --out out/studies/memory_table  # paper Table 5 (studies/memory_table.py)
 
 Studies at demo scale (experiments/drivewam_highway.py, CPU): guidance on/off, selective KV memory budgets vs
 the full cache (same trained model, closed loop), data scaling (number of training clips). At paper scale the
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c = sub.add_parser("collect")
     c.add_argument("--out", default="out/studies")
-    from wam_jax.evaluation import memory_table
+    from wam_jax.studies import memory_table
     memory_table.add_arguments(sub.add_parser("memory-table", help="full / fifo / selective KV memory, ADE/FDE"))
     args = parser.parse_args(argv)
     if args.command == "memory-table":
@@ -85,6 +85,3 @@ def main(argv=None) -> int:
     print(collect(args.out))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
