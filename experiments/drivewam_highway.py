@@ -5,7 +5,7 @@ Data: expert (IDM + MOBIL) clips rendered as 64×64 ego-centred frames at 5 Hz, 
 word_hash text encoder. Latents: space-to-depth pixel blocks projected on their principal components (a
 linear autoencoder fit on the training frames). Model: a small Wan-architecture DiT trained from scratch.
 
-Ablations as arguments, e.g. `:guidance=off`, `:memory=selective`, `:steps=4000`, `:clips=200`.
+Ablations as arguments, e.g. `:guidance=off`, `:memory=selective` (or fifo, full), `:steps=4000`, `:clips=200`.
 """
 
 import ml_collections

@@ -9,7 +9,7 @@ Prepare once (local paths; nothing is downloaded):
 Train:
   python -m wam_jax train --config experiments/drivewam_wan21_1_3b.py:clips=100k
 
-Arguments (the paper's ablations): guidance=on|off, memory=full|selective, init=wan|scratch,
+Arguments (the paper's ablations): guidance=on|off, memory=full|fifo|selective, init=wan|scratch,
 clips=4k|10k|100k (selects data_root/clips_<n>), train=all|actions, data_root=DIR.
 """
 

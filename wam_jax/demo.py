@@ -30,7 +30,7 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def build_datasets(config, out: str):
+def build_datasets(config, out: str, heldout_clips: int = 2):
     """(train dataset dir, held-out dataset dir); reuses what exists."""
     import dataclasses
 
@@ -42,7 +42,7 @@ def build_datasets(config, out: str):
     sim = dataclasses.replace(Experiment(config).sim, perturb_steering=ds.perturb_steering,
                               perturb_rate_hz=ds.perturb_rate_hz, perturb_s=ds.perturb_s)
     dirs = []
-    for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", 2, ds.heldout_seed)):
+    for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", heldout_clips, ds.heldout_seed)):
         cfg = HighwayConfig(name=f"demo_{name}", num_clips=clips, seed=seed, num_chunks=ds.num_chunks, sim=sim)
         start = time.perf_counter()
         path = builders.build(WamHighway, cfg, os.path.join(out, "data" if name == "train" else "heldout"))
@@ -100,21 +100,29 @@ def _save_png(path: str, image: np.ndarray) -> None:
     iio.imwrite(path, image)
 
 
+def prepare_data(config, out: str, heldout_clips: int = 2):
+    """Builds (or reuses) the datasets next to config.data.data_dir and fills what the config leaves to the data
+    (action statistics, PCA latent basis: `python -m data_pipelines prepare`); returns (train dir, held-out dir)."""
+    from data_pipelines import prepare
+    train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out,
+                                            heldout_clips)
+    with config.unlocked():
+        config.data.data_dir = train_dir
+    prepare.complete_config(config, log=_log)
+    return train_dir, heldout_dir
+
+
 def run(config, out: str, episodes: int, imagine: bool = True, config_name: str = EXPERIMENT,
         overrides=()) -> dict:
     """The whole pipeline on `config` into `out`; returns the closed-loop aggregates (and imagination errors)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")     # "dummy" renders blank frames in highway-env
-    from data_pipelines import prepare
     from wam_jax import planners as planner_table
     from wam_jax.evaluation import closed_loop as cl
     from wam_jax.experiment import Experiment
     from wam_jax.training.trainer import Trainer
 
     os.makedirs(out, exist_ok=True)
-    train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out)
-    with config.unlocked():
-        config.data.data_dir = train_dir
-    prepare.complete_config(config, log=_log)      # action statistics + PCA basis: `python -m data_pipelines prepare`
+    train_dir, heldout_dir = prepare_data(config, out)
     workdir = os.path.join(out, "run")
 
     start = time.perf_counter()
@@ -132,12 +140,22 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
     _log(f"[eval] closed loop: {episodes} held-out seeds from {EVAL_SEED}, {cl_cfg.episode_s:g} s each")
     results = cl.evaluate(planners, episodes, EVAL_SEED, sim_cfg, cl_cfg, eval_dir, log=_log)
     cl.write_results(eval_dir, results, {"checkpoint_step": step, "config": config_name,
-                                         "overrides": list(overrides)})
+                                         "overrides": list(overrides), **numerics_environment()})
     _log(f"[eval] done ({time.perf_counter() - start:.0f} s)")
     summary = {"table": cl.format_table(results), "aggregates": {n: cl.aggregate(r) for n, r in results.items()}}
     if imagine:
         summary["imagination"] = imagine_heldout(config, params, heldout_dir, out)
     return summary
+
+
+def numerics_environment() -> dict:
+    """What the numbers depend on besides the seed: XLA:CPU sizes its thread pool from the CPUs this process may
+    use, and its dot products change with it, so tables are bit-identical only for the same CPU count and
+    library versions (docs/PERFORMANCE.md, determinism)."""
+    import jax
+    import jaxlib
+    return {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__}
 
 
 def verdict(aggregates: dict) -> str:
@@ -175,7 +193,8 @@ def cli(argv: list[str]) -> int:
         f"FDE {imagination['fde_m']:.2f} m.",
         f"Outputs in {args.out}: eval/results.txt, eval/*.mp4 + *.png (per episode), real_vs_imagined.mp4/.png, "
         f"imagined_trajectory.png, run/ (checkpoints, tensorboard).",
-        f"Total {time.perf_counter() - t0:.0f} s.",
+        f"Total {time.perf_counter() - t0:.0f} s. Numbers are bit-identical for the same seed, CPU count and "
+        f"library versions: {', '.join(f'{k} {v}' for k, v in numerics_environment().items())}.",
     ]
     text = "\n".join(lines)
     _log(text)

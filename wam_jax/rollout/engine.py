@@ -87,7 +87,9 @@ class RolloutEngine:
         self.sizes = kv_memory.pool_sizes(memory, wam.video_tokens(wan), wam.waypoints_per_chunk)
         self.stages = stage_grids(sampler)
         self._integrate = jax.jit(self._integrate_impl)
-        self._commit = jax.jit(self._commit_impl)
+        # The old cache is donated: the commit writes the new chunk into its buffers in place, so the old and
+        # the new cache never coexist (the caller must not read a cache after committing into it).
+        self._commit = jax.jit(self._commit_impl, donate_argnums=(1,))
         self._integrate_uncached = jax.jit(self._integrate_uncached_impl)
 
     # --- model calls ---------------------------------------------------------------------------------------
@@ -175,6 +177,9 @@ class RolloutEngine:
         return x_v, x_a
 
     def commit(self, params, cache, chunk_index: int, video, actions, guidance, timings: dict | None = None):
+        """Commits chunk `chunk_index` (clean latents and actions) into `cache`, which is consumed (donated);
+        returns the new cache. A full cache raises once the chunk does not fit its slots."""
+        kv_memory.check_capacity(self.sizes, self.memory, int(chunk_index))
         start = time.perf_counter()
         cache = self._commit(params, cache, jnp.int32(chunk_index), video, actions, guidance)
         jax.block_until_ready(cache)
