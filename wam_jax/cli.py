@@ -31,13 +31,14 @@ _LAZY_USER_ERRORS = (("wam_jax.checkpoint", "CheckpointError"), ("data_pipelines
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, workdir: bool = False, checkpoint_arg: bool = False,
-                    config_required: bool = False,
+                    config_required: bool = False, config_default: str | None = None,
                     workdir_help: str = "run folder (default runs/<config name>)",
                     checkpoint_help: str = "a training workdir (its newest intact step), a step folder, or a "
                                            "params checkpoint") -> None:
-    parser.add_argument("--config", default=None, required=config_required,
-                        help="experiments/<file>.py[:key=value,...]" +
-                             ("" if config_required else " (default: the run's saved config.json)"))
+    default_help = (f" (default: {config_default})" if config_default else
+                    "" if config_required else " (default: the run's saved config.json)")
+    parser.add_argument("--config", default=config_default, required=config_required,
+                        help="experiments/<file>.py[:key=value,...]" + default_help)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, repeatable (dotted key, e.g. train.steps=100)")
     if workdir:

@@ -173,10 +173,9 @@ def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/demo")
-    wam_cli.add_config_args(parser)
+    wam_cli.add_config_args(parser, config_default=EXPERIMENT)
     parser.add_argument("--episodes", type=int, default=8, help="held-out closed-loop episodes per planner")
     parser.add_argument("--fresh", action="store_true", help="delete OUT first")
-    parser.set_defaults(config=EXPERIMENT)
     args = parser.parse_args(argv)
     from wam_jax.config import load_config
 
