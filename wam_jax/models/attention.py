@@ -171,12 +171,20 @@ def _always(q, k):
     return np.ones(np.broadcast_shapes(q["all"].shape, k["all"].shape), bool)
 
 
+def target_platform() -> str:
+    """The platform being compiled for: the ambient mesh's devices (a TPU topology under compile-check, where the
+    process's default backend is the CPU), else the default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
 def pick_implementation(requested: str, dtype=None) -> str:
     if requested not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {requested!r} unknown; choose one of {IMPLEMENTATIONS}")
     if requested != "auto":
         return requested
-    backend = jax.default_backend()
+    backend = target_platform()
     if backend == "tpu":
         return "splash"
     if backend == "gpu" and dtype is not None and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):

@@ -24,7 +24,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask_info as mask_info_lib
 from jax.sharding import PartitionSpec as P
 
-from wam_jax.models.attention import MaskSpec
+from wam_jax.models.attention import MaskSpec, target_platform
 
 BATCH_AXES = ("data", "fsdp")
 HEAD_AXES = ("tensor", "sequence")
@@ -138,7 +138,7 @@ def _axes(mesh, names, size):
 
 
 def attention(q, k, v, spec: MaskSpec, past=None, interpret: bool | None = None):
-    interpret = jax.default_backend() != "tpu" if interpret is None else interpret
+    interpret = target_platform() != "tpu" if interpret is None else interpret
     b, _, h, dh = q.shape
     if past is None:
         past_k = jnp.zeros((b, 0, h, dh), k.dtype)

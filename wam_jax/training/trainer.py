@@ -91,14 +91,15 @@ def make_optimizer(tc: TrainConfig, params) -> optax.GradientTransformation:
 class Trainer:
     """Owns the model, mesh, jitted step and checkpoints of one run. `run()` trains to `train.steps`."""
 
-    def __init__(self, config, workdir: str, data: BatchIterator | None = None, guidance_table=None):
+    def __init__(self, config, workdir: str, data: BatchIterator | None = None, guidance_table=None,
+                 devices=None):
         self.config, self.workdir = config, os.path.abspath(workdir)
         self.wan, self.wam = wam_lib.build_configs(config)
         self.flow = FlowConfig.from_config(config.flow)
         self.tc = TrainConfig.from_config(config.train)
         self.action_norm = ActionNorm(config.action_norm.mean, config.action_norm.std)
         self.model = wam_lib.DriveWAM(self.wan, self.wam)
-        self.mesh = sharding.make_mesh(dict(config.mesh))
+        self.mesh = sharding.make_mesh(dict(config.mesh), devices)   # devices: e.g. a TPU topology (compile-check)
         batch_ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         if self.tc.batch_size % batch_ways:
             raise ConfigError(f"train.batch_size={self.tc.batch_size} is not divisible by the data×fsdp mesh size "
@@ -124,6 +125,7 @@ class Trainer:
             TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes, ema_params=shapes,
                        opt_state=abstract_opt), self.state_shardings)
         self._step_fn = self._build_step()
+        self.train_step = self._step_fn     # the jitted step (public: compile-check lowers exactly this)
         self.checkpoints = ocp.CheckpointManager(
             os.path.join(self.workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=self.tc.keep_checkpoints, create=True,
