@@ -129,7 +129,9 @@ def test_xla_path_holds_no_mask_and_does_only_the_masked_work():
     assert flops.hlo_dot_flops(dense.compiler_ir("hlo").as_hlo_text()) == 4 * HEADS * DH * length * length
 
 
-def test_drivewam_forward_and_gradients_are_the_same_for_every_implementation():
+def test_drivewam_forward_is_the_same_for_every_implementation():
+    """The model plumbing (ids + rule into self- and cross-attention): DriveWAM's velocities with the grouped
+    XLA path and splash equal the dense-mask reference (gradients are checked per attention call above)."""
     from wam_jax.config import load_config
     wan, wam = wam_lib.build_configs(load_config("experiments/drivewam_tiny.py", ["model.num_layers=1"]))
     rng = np.random.default_rng(0)
@@ -142,18 +144,15 @@ def test_drivewam_forward_and_gradients_are_the_same_for_every_implementation():
     keys = iter(jax.random.split(jax.random.key(1), 100))
     params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(next(keys), p.shape), params)   # heads ≠ 0
 
-    def loss(impl):
+    def forward(impl):
         model = wam_lib.DriveWAM(dataclasses.replace(wan, attention=impl), wam)
-        def f(p):
-            vv, va, _ = model.apply({"params": p}, video, actions, t, t, guidance)
-            return jnp.mean(vv ** 2) + jnp.mean(va ** 2)
-        return jax.jit(jax.value_and_grad(f))(params)
+        return jax.jit(lambda p: model.apply({"params": p}, video, actions, t, t, guidance)[:2])(params)
 
-    ref_loss, ref_grad = loss("dense")
+    ref = forward("dense")
+    assert float(jnp.abs(ref[0]).max()) > 1e-3
     for impl in ("xla", "splash"):
-        got_loss, got_grad = loss(impl)
-        np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), got_grad, ref_grad)
+        for got, want in zip(forward(impl), ref):
+            np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
 
 
 def test_bad_structure_is_refused():
