@@ -90,6 +90,7 @@ def _compile(lower_fn, capacity: float | None) -> dict[str, Any]:
         return {"fits": False, "oom": True, "total": used, "hbm": avail, "compile_s": time.perf_counter() - t0,
                 "message": text.splitlines()[0][:300]}
     res = memory_figures(compiled)
+    res["splash_kernels"] = compiled.as_text().count("tpu_custom_call")
     res.update(compile_s=time.perf_counter() - t0, oom=False, hbm=capacity,
                fits=None if capacity is None else res["total"] <= capacity)
     return res
