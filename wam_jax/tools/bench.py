@@ -200,8 +200,18 @@ def flops_section(wan, wam, shapes: Shapes, xla: bool = False) -> tuple[dict, st
     notes = [f"params {params:,}; batch {shapes.batch} x {shapes.tokens:,} tokens "
              f"(S={shapes.streams} streams x N={shapes.chunks} chunks x ({shapes.video_tokens} video + "
              f"{shapes.action_tokens} action)); guidance {'on' if shapes.guidance else 'off'}",
-             "masked = pairs the block-causal mask allows (MFU uses it); dense = every pair the kernel computes",
+             "masked = pairs the attention rule allows (MFU uses it); dense = every pair (attention with a dense "
+             "[L, L] mask, before issue 18)",
              "matmuls only, 2 FLOPs per multiply-add; remat recomputation not counted"]
+    pairs = attention_pairs(wam, wan, shapes.streams, shapes.chunks)
+    result["attention_pairs"] = pairs
+    pair_table = format_table(
+        "Self-attention (query, key) pairs per example and layer", ["count", "pairs", "x masked"],
+        [[name, f"{pairs[key]:,}", f"{pairs[key] / pairs['masked']:.3f}"]
+         for name, key in (("masked (the rule allows)", "masked"), ("computed: xla / cudnn (grouped)", "xla"),
+                           (f"computed: splash ({pairs['block']}-token tiles)", "splash"),
+                           ("dense (every pair)", "dense"))],
+        ["computed = what the kernel multiplies; target <= 1.1 x masked (splash computes whole live tiles)"])
     if xla:
         xf = xla_forward_flops(wan, wam, shapes.batch, shapes.streams, shapes.chunks, shapes.guidance)
         result["xla_forward"] = xf
@@ -211,7 +221,7 @@ def flops_section(wan, wam, shapes: Shapes, xla: bool = False) -> tuple[dict, st
                      "such as cuBLAS/cuDNN are not HLO dots, so this undercounts there)")
     table = format_table("FLOPs (GFLOP per step, forward unless noted)",
                          ["component", "masked", "dense", "% masked"], rows, notes)
-    return result, table
+    return result, table + "\n\n" + pair_table
 
 
 class _NoData:
