@@ -14,8 +14,10 @@ kernels consume that:
 - `dense`: the reference, the rule evaluated densely into [Lq, Lk] (tests only).
 
 Cached keys of earlier chunks (rollout) come as `past` keys with a dynamic validity [B, P]; every valid one is
-visible to every query: a key mask [B, 1, 1, P] for `xla`/`dense`, segment ids for `splash`, and for `cudnn` a
-separate XLA piece merged with the cuDNN groups by log-sum-exp... (see `_attend_groups`).
+visible to every query: prepended to every group's keys with a key mask [B, 1, 1, P + keys] (a row, not [L, L])
+for `xla`/`dense`, segment ids for `splash`. With a cache, `cudnn` groups fall back to the XLA piece (jax's cuDNN
+call takes a mask only as a dense [Lq, Lk] bias). The GPU path is checked for its math on CPU only; it has not
+been run or measured on a GPU (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
