@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import tempfile
@@ -38,6 +39,8 @@ _UNIT = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 def topology_devices(topology: str):
     """Abstract TPU devices of a topology such as 'v5p:2x2x2' (needs libtpu; no TPU)."""
+    # Compiling touches no TPU, so several compile-checks may run at once (libtpu otherwise takes a host lock).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         import libtpu  # noqa: F401
     except ImportError as err:
