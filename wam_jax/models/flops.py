@@ -84,9 +84,10 @@ def flop_breakdown(wan, wam, batch: int, streams: int, chunks: int, *, guidance:
     wan: WanConfig; wam: WamConfig; batch B, streams S (2 = teacher forcing, 1 = rollout / diffusion forcing),
     chunks N; guidance: per-chunk intent tokens (else one zero context token); past_tokens: KV-cache slots the
     attention reads (rollout), past_valid: how many of them are valid (default all); attention: 'masked'
-    (useful pairs) or 'dense' (every pair the kernel computes)."""
-    if attention not in ("masked", "dense"):
-        raise ValueError(f"attention={attention!r}: choose 'masked' or 'dense'")
+    (useful pairs), 'computed' (what the grouped XLA / cuDNN attention multiplies: masked + every cached slot) or
+    'dense' (every pair)."""
+    if attention not in ("masked", "computed", "dense"):
+        raise ValueError(f"attention={attention!r}: choose 'masked', 'computed' or 'dense'")
     d, dff, layers = wan.dim, wan.ffn_dim, wan.num_layers
     patch = math.prod(wan.patch_size)
     lv, k, a = wam.video_tokens(wan), wam.waypoints_per_chunk, wam.action_dim
