@@ -95,7 +95,7 @@ def test_runs_reproduce_the_dense_rule(name):
     assert spec.pairs() <= spec.block_pairs(4, 4) <= (-(-lq // 4) * 4) * (-(-lk // 4) * 4)
 
 
-@pytest.mark.parametrize("impl", ["dense", "xla", "splash"])
+@pytest.mark.parametrize("impl", ["xla", "splash"])      # gradients against "dense", forward against numpy
 @pytest.mark.parametrize("name,past", [("teacher_forcing", 0), ("rollout", 10), ("inverse_dynamics", 0)])
 def test_forward_and_gradients_match_the_reference(name, past, impl):
     spec = MASKS[name]()
