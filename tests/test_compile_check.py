@@ -23,6 +23,13 @@ def test_out_of_memory_compile_is_a_result():
     assert res["total"] == pytest.approx(150.34 * 2 ** 30) and res["hbm"] == pytest.approx(95.74 * 2 ** 30)
     assert "OUT OF MEMORY" in compile_check.format_result("train", res)
 
+    class Temporaries:
+        def compile(self):
+            raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                               "temporaries (97.18G) exceeds available HBM (95.74G).")
+    res = compile_check._compile(lambda: Temporaries(), None)
+    assert res["what"] == "temporaries" and res["total"] == pytest.approx(97.18 * 2 ** 30)
+
     class Broken:
         def compile(self):
             raise RuntimeError("INVALID_ARGUMENT: something else")

@@ -33,7 +33,10 @@ GIB = 1024 ** 3
 # messages (95.74G); the others are the nominal capacities (v4 32 GiB, v5e 16 GiB, v6e 32 GiB) until an
 # out-of-memory compile reports the compiler's own figure, which then replaces it in the result.
 HBM_GIB = {"v5p": 95.74, "v4": 32.0, "v5e": 16.0, "v5litepod": 16.0, "v6e": 32.0}
-_OOM = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
+# The compiler words it two ways: "Used 150.34G of 95.74G hbm" and "the total memory required for HLO
+# temporaries (97.18G) exceeds available HBM (95.74G)" (the second counts temporaries only).
+_OOM = (re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm"),
+        re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)"))
 _UNIT = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 
@@ -85,13 +88,15 @@ def _compile(lower_fn, capacity: float | None) -> dict[str, Any]:
         compiled = lower_fn().compile()
     except Exception as err:        # XlaRuntimeError / JaxRuntimeError, type differs across versions
         text = str(err)
-        hit = _OOM.search(text)
-        if "RESOURCE_EXHAUSTED" not in text or not hit:
+        hits = [m for m in (p.search(text) for p in _OOM) if m]
+        if "RESOURCE_EXHAUSTED" not in text or not hits:
             raise
+        hit = hits[0]
         used = float(hit.group(1)) * _UNIT[hit.group(2)]
         avail = float(hit.group(3)) * _UNIT[hit.group(4)]
         return {"fits": False, "oom": True, "total": used, "hbm": avail, "compile_s": time.perf_counter() - t0,
-                "message": text.splitlines()[0][:300]}
+                "what": "temporaries" if hit.re is _OOM[1] else "total",
+                "message": text.strip().splitlines()[-1][:300]}
     res = memory_figures(compiled)
     res["splash_kernels"] = compiled.as_text().count("tpu_custom_call")
     res.update(compile_s=time.perf_counter() - t0, oom=False, hbm=capacity,
@@ -173,8 +178,8 @@ def _gib(x):
 
 def format_result(name: str, r: dict) -> str:
     if r.get("oom"):
-        return (f"{name:<9} OUT OF MEMORY at compile: needs {_gib(r['total'])} GiB per chip of {_gib(r['hbm'])} GiB "
-                f"HBM (compile {r['compile_s']:.0f} s)")
+        return (f"{name:<9} OUT OF MEMORY at compile: {r['what']} {_gib(r['total'])} GiB per chip of "
+                f"{_gib(r['hbm'])} GiB HBM (compile {r['compile_s']:.0f} s)")
     spare = "" if r["hbm"] is None else f", {100 * (1 - r['total'] / r['hbm']):.1f}% HBM spare"
     return (f"{name:<9} args {_gib(r['argument'])}  out {_gib(r['output'])}  alias {_gib(r['alias'])}  "
             f"temp {_gib(r['temporary'])}  total {_gib(r['total'])} GiB per chip of {_gib(r['hbm'])} GiB HBM: "
