@@ -17,7 +17,6 @@ from wam_jax.models import attention as attn
 from wam_jax.models import wam as wam_lib
 from wam_jax.models.attention import MaskSpec, dot_product_attention
 
-jax.config.update("jax_enable_x64", False)
 HEADS, DH = 2, 16
 
 

@@ -24,8 +24,8 @@ since a query of chunk n sees its own chunk of its stream and the n earlier clea
 `wam.TokenLayout.self_mask`) plus every valid cached token, and Lx = Lg (own chunk's guidance; 1 without).
 `computed` (what the grouped XLA / cuDNN attention multiplies): the masked pairs plus every cached slot, valid or
 not: pairs = masked own pairs + L·Pk_slots, Lx = Lg. `dense` (every pair, what attention computed while it took
-a dense [L, L] mask): pairs = L·(Pk_slots + L), Lx = Lc. A train step is 3 × forward (backward = 2 × forward); recomputation under remat is
-not counted, so MFU here is model FLOPs utilisation, not hardware FLOPs utilisation. Not counted anywhere:
+a dense [L, L] mask): pairs = L·(Pk_slots + L), Lx = Lc. A train step is 3 × forward (backward = 2 × forward);
+recomputation under remat is not counted, so MFU here is model FLOPs utilisation, not hardware FLOPs utilisation. Not counted anywhere:
 norms, RoPE, softmax, activations, adaLN modulation and other elementwise work (XLA's cost analysis does count
 it: see tests/test_bench.py for the comparison and its tolerance).
 
@@ -40,8 +40,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-
-import numpy as np
 
 
 def visible_pairs(streams: int, chunks: int, per_chunk: int) -> int:
