@@ -2,7 +2,7 @@
 whose tables and JSON carry the fields a GPU run is read for.
 
 FLOP cross-check tolerances (tiny configs, layers unrolled because XLA counts a scanned layer once):
-  * matmul FLOPs of the lowered HLO (every `dot`)          == analytic dense count, relative 1e-6
+  * matmul FLOPs of the lowered HLO (every `dot`)          == analytic computed count, relative 1e-6
   * matmul FLOPs of the compiled (optimised) HLO           within 1% (XLA folds a few constant products)
   * XLA cost_analysis()['flops'] of the compiled forward   1.00–1.15 × analytic (it adds norms, RoPE, softmax,
     activations, adaLN: ~10% at width 48, ~2% at width 256, shrinking with width)
@@ -47,7 +47,7 @@ def test_visible_pairs_equal_the_token_layout_mask(streams, chunks):
 def test_forward_flops_match_xla(overrides, guidance, streams, past, cost_tol):
     wan, wam = _configs(overrides)
     ours = bench.model_flops(wan, wam, 2, streams, 3 if past == 0 else 1, guidance=guidance, past_tokens=past,
-                             attention="dense")
+                             attention="computed")
     xla = bench.xla_forward_flops(wan, wam, 2, streams, 3 if past == 0 else 1, guidance, past_tokens=past)
     assert xla["dots_lowered"] == pytest.approx(ours, rel=1e-6)
     assert xla["dots_compiled"] == pytest.approx(ours, rel=1e-2)
@@ -82,7 +82,7 @@ def test_train_step_is_three_forwards():
         lowered = trainer._step_fn.lower(trainer.abstract_state, batch)
         trainer.checkpoints.close()
     step = bench.hlo_dot_flops(lowered.compiler_ir("hlo").as_hlo_text())
-    forward = bench.model_flops(wan, wam, 4, 2, config.chunks, guidance=False, attention="dense")
+    forward = bench.model_flops(wan, wam, 4, 2, config.chunks, guidance=False, attention="computed")
     assert 2.95 <= step / forward <= 3.0
 
 

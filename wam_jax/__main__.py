@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ("wam_jax.interop.export", "Export a checkpoint to PyTorch (safetensors, diffusers layout)."),
     "import-drivewam": ("wam_jax.interop.drivewam_import", "Import an exported DriveWAM back into a Flax checkpoint."),
     "bench": ("wam_jax.tools.bench", "Benchmarks: step time, MFU, rollout latency."),
+    "compile-check": ("wam_jax.tools.compile_check", "Compile train/rollout steps ahead of time for a TPU topology."),
     "demo": ("wam_jax.demo", "The main job end to end on the embedded default (no downloads)."),
 }
 

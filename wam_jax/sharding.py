@@ -30,6 +30,11 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("activation_length", "sequence"),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
+    # Inside attention (q, k, v, output): whole sequences, heads split over tensor × sequence. With sequence > 1
+    # this is sequence parallelism by all-to-all (Ulysses): the compiler turns the length split of the rest of
+    # the block into a head split around attention and back.
+    ("activation_attn_length", None),
+    ("activation_attn_heads", ("tensor", "sequence")),
     ("embed", "fsdp"),
     ("embed_out", None),
     ("heads", "tensor"),

@@ -11,6 +11,9 @@ WAN_PRESETS = {
     # Wan-AI/Wan2.1-T2V-1.3B-Diffusers, transformer/config.json
     "wan2.1-t2v-1.3b": dict(num_attention_heads=12, attention_head_dim=128, num_layers=30, ffn_dim=8960,
                             in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, patch_size=(1, 2, 2)),
+    # Wan-AI/Wan2.1-T2V-14B-Diffusers, transformer/config.json (width 5120)
+    "wan2.1-t2v-14b": dict(num_attention_heads=40, attention_head_dim=128, num_layers=40, ffn_dim=13824,
+                           in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, patch_size=(1, 2, 2)),
     # Wan-AI/Wan2.2-TI2V-5B-Diffusers, transformer/config.json
     "wan2.2-ti2v-5b": dict(num_attention_heads=24, attention_head_dim=128, num_layers=30, ffn_dim=14336,
                            in_channels=48, out_channels=48, text_dim=4096, freq_dim=256, patch_size=(1, 2, 2)),

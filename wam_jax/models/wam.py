@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wam_jax.config import ConfigError, dataclass_from_config
+from wam_jax.models.attention import MaskSpec
 from wam_jax.models.layers import dense, timestep_features, unpatchify, video_positions
 from wam_jax.models.wan_dit import (ConditionEmbedder, OutputHead, PatchEmbed, WanBlocks, WanConfig,
                                     rope_from_positions)
@@ -133,6 +134,16 @@ class TokenLayout:
         key_chunk = np.repeat(np.arange(self.chunks), guidance_tokens)
         return self.chunk_ids[:, None] == key_chunk[None, :]
 
+    def cross_structure(self, guidance_tokens: int) -> MaskSpec:
+        """`cross_mask` as structure (chunk ids of the tokens and of the guidance tokens)."""
+        return MaskSpec({"chunk": self.chunk_ids}, {"chunk": np.repeat(np.arange(self.chunks), guidance_tokens)},
+                        same_chunk)
+
+
+def same_chunk(q: Mapping[str, Any], k: Mapping[str, Any]):
+    """Cross-attention rule: a token sees its own chunk's guidance tokens."""
+    return q["chunk"] == k["chunk"]
+
 
 def action_time_positions(frames: int, waypoints: int) -> np.ndarray:
     """Latent-frame-axis position of each waypoint within a chunk: (k+1)·F/K − 1."""
@@ -225,14 +236,15 @@ class DriveWAM(nn.Module):
         positions = jnp.asarray(base + frame_shift) + jnp.asarray([grid[0], 0, 0], jnp.float32) * chunk_offset
         rope = rope_from_positions(positions[None], c)
 
-        self_mask = jnp.asarray(layout.self_mask())[None, None]
+        # The masks go in as structure (ids + rule); the attention kernels evaluate them per run / block.
+        self_mask = MaskSpec(layout.token_ids, layout.token_ids, attention_rule)
         if guidance is None:
             context = embedder.text(jnp.zeros((b, 1, c.text_dim), c.compute_dtype))
             cross_mask = None
         else:
             chex.assert_shape(guidance, (b, n, w.guidance_tokens, c.text_dim))
             context = embedder.text(guidance.reshape(b, n * w.guidance_tokens, c.text_dim).astype(c.compute_dtype))
-            cross_mask = jnp.asarray(layout.cross_mask(w.guidance_tokens))[None, None]
+            cross_mask = layout.cross_structure(w.guidance_tokens)
 
         x, kv = WanBlocks(c, return_kv=self.return_kv, name="blocks")(tokens, context, mod, rope, self_mask,
                                                                         cross_mask, past)

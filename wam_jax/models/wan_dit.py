@@ -26,6 +26,9 @@ from wam_jax.models.attention import dot_product_attention
 from wam_jax.models.layers import (AffineLayerNorm, RMSNorm, apply_rope, dense, layer_norm_f32, patchify,
                                    rope_angles, timestep_features, unpatchify, video_positions)
 
+# q, k, v inside attention: batch, full length, heads split over tensor (× sequence under sequence parallelism).
+ATTENTION_AXES = ("activation_batch", "activation_attn_length", "activation_attn_heads", None)
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -55,7 +58,7 @@ class WanConfig:
     # Numerics and performance; not part of the checkpoint.
     dtype: str = "float32"          # activations / matmul inputs
     param_dtype: str = "float32"
-    attention: str = "auto"         # auto | xla | cudnn
+    attention: str = "auto"         # auto | xla | cudnn | splash | dense (see models/attention.py)
     remat: str = "none"             # key of REMAT_POLICIES
     scan_layers: bool = True
 
@@ -157,8 +160,8 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, context=None, rope=None, mask=None, past=None):
         """x: [B, L, D]; context: [B, Lc, D] (cross-attention) or None (self-attention); rope: (cos, sin)
-        [B|1, L, Dh/2]; mask: bool [B|1, 1, L, Lk], True = may attend; past (self-attention only): cached
-        {"k", "v": [B, P, H, Dh], "valid": bool [B, P]} of earlier tokens, every valid one visible to x.
+        [B|1, L, Dh/2]; mask: `MaskSpec` over (x's tokens, keys) or None (all visible); past (self-attention
+        only): cached {"k", "v": [B, P, H, Dh], "valid": bool [B, P]} of earlier tokens, every valid one visible.
         Returns (out [B, L, D], {"q", "k", "v"} of x's own tokens after norm and RoPE)."""
         c = self.cfg
         kw = dict(dtype=c.compute_dtype, param_dtype=c.weights_dtype)
@@ -174,15 +177,10 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = (checkpoint_name(a, "qkv") for a in (q, k, v))
         own = {"q": q, "k": k, "v": v}
-        if past is not None:
-            b, length, p = x.shape[0], x.shape[1], past["k"].shape[1]
-            own_mask = (jnp.ones((b, 1, length, length), bool) if mask is None
-                        else jnp.broadcast_to(mask, (b, 1, length, length)))
-            mask = jnp.concatenate([jnp.broadcast_to(past["valid"][:, None, None, :], (b, 1, length, p)), own_mask],
-                                   axis=-1)
-            k = jnp.concatenate([past["k"].astype(k.dtype), k], axis=1)
-            v = jnp.concatenate([past["v"].astype(v.dtype), v], axis=1)
-        out = dot_product_attention(q, k, v, mask=mask, implementation=c.attention)
+        # Sequence parallelism (rules table): whole sequences, a slice of the heads per chip inside attention.
+        q, k, v = (nn.with_logical_constraint(a, ATTENTION_AXES) for a in (q, k, v))
+        out = dot_product_attention(q, k, v, mask=mask, past=past, implementation=c.attention)
+        out = nn.with_logical_constraint(out, ATTENTION_AXES)
         out = checkpoint_name(out.reshape(*out.shape[:2], c.dim), "attn_out")
         return dense(c.dim, ("heads", "embed"), "to_out", **kw)(out), own
 
@@ -205,7 +203,7 @@ class WanBlock(nn.Module):
     @nn.compact
     def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past=None):
         """x: [B, L, D]; context: [B, Lc, D]; mod: [B, 1|L, 6, D] float32; rope: (cos, sin);
-        masks: bool [B|1, 1, L, Lk]; past: this layer's KV cache (see Attention).
+        masks: `MaskSpec` or None (see Attention); past: this layer's KV cache (see Attention).
         Returns (x, {"q", "k", "v"} of this block's self-attention for x's tokens)."""
         c = self.cfg
         table = self.param("scale_shift_table",

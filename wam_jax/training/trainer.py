@@ -100,7 +100,8 @@ def make_optimizer(tc: TrainConfig, params) -> optax.GradientTransformation:
 class Trainer:
     """Owns the model, mesh, jitted step and checkpoints of one run. `run()` trains to `train.steps`."""
 
-    def __init__(self, config, workdir: str, data: BatchIterator | None = None, guidance_table=None):
+    def __init__(self, config, workdir: str, data: BatchIterator | None = None, guidance_table=None,
+                 devices=None):
         from data_pipelines import prepare
         config = prepare.complete_config(config)     # action statistics / PCA basis left to the dataset
         self.config, self.workdir = config, os.path.abspath(workdir)
@@ -109,7 +110,7 @@ class Trainer:
         self.flow, self.tc = self.experiment.flow, self.experiment.train
         self.action_norm = self.experiment.action_norm
         self.model = wam_lib.DriveWAM(self.wan, self.wam)
-        self.mesh = sharding.make_mesh(dict(config.mesh))
+        self.mesh = sharding.make_mesh(dict(config.mesh), devices)   # devices: e.g. a TPU topology (compile-check)
         batch_ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         if self.tc.batch_size % batch_ways:
             raise ConfigError(f"train.batch_size={self.tc.batch_size} is not divisible by the data×fsdp mesh size "
@@ -132,6 +133,7 @@ class Trainer:
             TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes, ema_params=shapes,
                        opt_state=abstract_opt), self.state_shardings)
         self._step_fn = self._build_step()
+        self.train_step = self._step_fn     # the jitted step (public: compile-check lowers exactly this)
         self.checkpoints = ckpt.RunCheckpoints(self.workdir, self.tc.keep_checkpoints, self.tc.async_checkpoints,
                                                primary=jax.process_index() == 0)
 
