@@ -10,7 +10,8 @@ from __future__ import annotations
 def flow(**overrides) -> dict:
     return dict(dict(time_sampler="logit_normal", time_mean=0.0, time_std=1.0, time_shift=1.0, video_weight=1.0,
                      action_weight=1.0, context="teacher_forcing", per_chunk_noise=False,
-                     independent_action_time=False, loss_from_chunk=0), **overrides)
+                     independent_action_time=False, loss_from_chunk=0,
+                     layout="inverse_dynamics"), **overrides)
 
 
 def train(steps: int, batch_size: int, **overrides) -> dict:

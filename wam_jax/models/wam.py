@@ -56,6 +56,11 @@ class WamConfig:
     action_dim: int = 3                   # x, y, heading
     guidance_tokens: int = 1              # Lg: intent embedding length per chunk
     action_rope_hw: tuple[float, float] | None = None
+    layout: str = "inverse_dynamics"      # attention layout (`attention_rule`); set through config.flow.layout
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"flow.layout={self.layout!r} unknown; choose one of {LAYOUTS}")
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any], where: str = "wam config") -> "WamConfig":
@@ -78,16 +83,34 @@ class WamConfig:
 
 VIDEO, ACTION = 0, 1       # modality ids
 CLEAN, NOISY = 0, 1        # stream ids (teacher forcing: stream 0 clean context, stream 1 noised targets)
+INVERSE_DYNAMICS, JOINT = "inverse_dynamics", "joint"
+LAYOUTS = (INVERSE_DYNAMICS, JOINT)
 
 
-def attention_rule(q: Mapping[str, Any], k: Mapping[str, Any]):
+def attention_rule(q: Mapping[str, Any], k: Mapping[str, Any], layout: str = INVERSE_DYNAMICS):
     """The self-attention mask as a rule over token ids: True where query q may attend to key k.
 
     q, k: {"stream", "chunk", "modality"} integer arrays (numpy or jax) that broadcast against each other.
+    Both layouts: every token sees the clean stream of earlier chunks.
+    inverse_dynamics (the paper's): within chunk n, clean video sees clean video; clean actions see clean video
+      and clean actions; noisy video sees only noisy video; noisy actions see noisy actions and the *clean*
+      video of chunk n (actions are decoded from the chunk's future video), never the noisy video.
+    joint: within chunk n a token sees its whole chunk of its own stream (video and actions denoised together).
+    With one stream (rollout, diffusion forcing) stream 0 follows the clean rows.
     This is the one definition of the mask; `TokenLayout.self_mask` evaluates it densely (reference and tests),
     attention kernels evaluate it per block from the ids."""
-    return (((k["stream"] == CLEAN) & (k["chunk"] < q["chunk"]))
-            | ((k["chunk"] == q["chunk"]) & (k["stream"] == q["stream"])))
+    earlier_clean = (k["stream"] == CLEAN) & (k["chunk"] < q["chunk"])
+    same_chunk = k["chunk"] == q["chunk"]
+    if layout == JOINT:
+        return earlier_clean | (same_chunk & (k["stream"] == q["stream"]))
+    if layout != INVERSE_DYNAMICS:
+        raise ValueError(f"layout {layout!r} unknown; choose one of {LAYOUTS}")
+    q_clean, k_clean = q["stream"] == CLEAN, k["stream"] == CLEAN
+    k_video, q_action = k["modality"] == VIDEO, q["modality"] == ACTION
+    clean_own = q_clean & k_clean & (k_video | q_action)
+    noisy_own = ~q_clean & ~k_clean & (k["modality"] == q["modality"])
+    actions_from_clean_video = ~q_clean & q_action & k_clean & k_video
+    return earlier_clean | (same_chunk & (clean_own | noisy_own | actions_from_clean_video))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +120,11 @@ class TokenLayout:
     chunks: int
     video_tokens: int
     action_tokens: int
+    layout: str = INVERSE_DYNAMICS
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r} unknown; choose one of {LAYOUTS}")
 
     @property
     def per_chunk(self) -> int:
@@ -123,10 +151,14 @@ class TokenLayout:
     def chunk_ids(self) -> np.ndarray:
         return self.token_ids["chunk"]
 
+    def rule(self, q: Mapping[str, Any], k: Mapping[str, Any]):
+        """`attention_rule` of this layout."""
+        return attention_rule(q, k, self.layout)
+
     def self_mask(self) -> np.ndarray:
         """bool [L, L]: `attention_rule` evaluated for every (query row, key column) pair."""
         ids = self.token_ids
-        return attention_rule({n: a[:, None] for n, a in ids.items()}, {n: a[None, :] for n, a in ids.items()})
+        return self.rule({n: a[:, None] for n, a in ids.items()}, {n: a[None, :] for n, a in ids.items()})
 
     def cross_mask(self, guidance_tokens: int) -> np.ndarray:
         """bool [L, N*Lg]: chunk n's tokens see only chunk n's guidance tokens."""
@@ -203,7 +235,7 @@ class DriveWAM(nn.Module):
                              f"{(w.latent_frames_per_chunk, w.latent_height, w.latent_width)}")
         if k != w.waypoints_per_chunk or actions.shape[4] != w.action_dim:
             raise ValueError(f"actions {actions.shape[3:]} != configured ({w.waypoints_per_chunk}, {w.action_dim})")
-        layout = TokenLayout(s, n, w.video_tokens(c), k)
+        layout = TokenLayout(s, n, w.video_tokens(c), k, w.layout)
 
         vid_tok, grid = PatchEmbed(c, name="patch_embed")(video.reshape(b * s * n, *video.shape[3:]))
         vid_tok = vid_tok.reshape(b, s, n, layout.video_tokens, c.dim)
@@ -290,4 +322,9 @@ def merge_pretrained_wan(params: dict, wan_params: dict) -> dict:
 
 def build_configs(config) -> tuple[WanConfig, WamConfig]:
     """(WanConfig, WamConfig) from an experiment config's `model` and `wam` sections (strict keys)."""
-    return WanConfig.from_config(config.model, "config.model"), WamConfig.from_config(config.wam, "config.wam")
+    wam = dict(config.wam)
+    if "layout" in wam:
+        raise ConfigError("config.wam.layout is not a key: the attention layout is config.flow.layout")
+    flow = config.get("flow") or {}
+    wam["layout"] = flow.get("layout", "inverse_dynamics")
+    return WanConfig.from_config(config.model, "config.model"), WamConfig.from_config(wam, "config.wam")

@@ -77,10 +77,15 @@ PEAK_BF16_TFLOPS = (
 
 
 # ----- FLOPs ------------------------------------------------------------------------------------------------
-def visible_pairs(streams: int, chunks: int, per_chunk: int) -> int:
-    """Query-key pairs allowed by `TokenLayout.self_mask` for one example: chunk n's queries (either stream)
-    see their own chunk of their own stream and the clean copies of chunks 0..n-1 → (n+1)·per_chunk keys."""
-    return streams * per_chunk * per_chunk * chunks * (chunks + 1) // 2
+def visible_pairs(streams: int, chunks: int, per_chunk: int, action_tokens: int = 0,
+                  layout: str = "joint") -> int:
+    """Query-key pairs allowed by `TokenLayout.self_mask` for one example. Every query of chunk n sees the clean
+    copies of chunks 0..n-1 (n·P keys); within its chunk, joint: the whole chunk of its stream (P keys);
+    inverse_dynamics: video queries see the Lv video keys, action queries Lv + K (see `attention_rule`)."""
+    p, k = per_chunk, action_tokens
+    lv = p - k
+    own = p * p if layout == "joint" else lv * lv + k * (lv + k)
+    return streams * (p * p * chunks * (chunks - 1) // 2 + chunks * own)
 
 
 def flop_breakdown(wan, wam, batch: int, streams: int, chunks: int, *, guidance: bool = True,
@@ -104,7 +109,7 @@ def flop_breakdown(wan, wam, batch: int, streams: int, chunks: int, *, guidance:
     ctx = chunks * lg if guidance else 1               # Lc
     valid = past_tokens if past_valid is None else past_valid
     if attention == "masked":
-        pairs = visible_pairs(streams, chunks, per_chunk) + seq * valid
+        pairs = visible_pairs(streams, chunks, per_chunk, k, wam.layout) + seq * valid
         cross_keys = lg if guidance else 1
     else:
         pairs = seq * (past_tokens + seq)

@@ -29,6 +29,7 @@ class FlowConfig:
     per_chunk_noise: bool = False
     independent_action_time: bool = False   # draw the action tokens' t separately from the video's
     loss_from_chunk: int = 0                # chunks before it are context only (no loss)
+    layout: str = "inverse_dynamics"        # attention layout (models.wam.attention_rule): or "joint"
 
     def __post_init__(self):
         if self.context not in CONTEXT_MODES:

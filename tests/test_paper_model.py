@@ -1,0 +1,93 @@
+"""DriveWAM as the paper specifies it: inverse-dynamics mask (brute force), what each prediction may depend on,
+ego-state branch (an imported Wan computes what it did), action increments."""
+
+import itertools
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from wam_jax.config import load_config
+from wam_jax.models import wam as wam_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "experiments", "drivewam_tiny.py")
+
+
+def _brute_force_mask(streams, chunks, lv, k, layout):
+    """The issue's rule written out token pair by token pair (sequence: stream, chunk, [video | actions])."""
+    tokens = [(s, n, m) for s in range(streams) for n in range(chunks) for m in ["v"] * lv + ["a"] * k]
+    mask = np.zeros((len(tokens), len(tokens)), bool)
+    for i, (qs, qn, qm) in enumerate(tokens):
+        for j, (ks, kn, km) in enumerate(tokens):
+            if ks == 0 and kn < qn:
+                ok = True                                      # clean history of earlier chunks
+            elif kn != qn:
+                ok = False
+            elif layout == "joint":
+                ok = ks == qs
+            elif qs == 0:                                      # clean (or the single rollout stream)
+                ok = ks == 0 and (km == "v" or qm == "a")      # video ≤ k; actions ≤ k only for actions
+            elif qm == "v":                                    # noisy video: its own noisy video only
+                ok = ks == 1 and km == "v"
+            else:                                              # noisy actions: own clean video, own noisy actions
+                ok = (ks == 0 and km == "v") or (ks == 1 and km == "a")
+            mask[i, j] = ok
+    return mask
+
+
+@pytest.mark.parametrize("layout", ["inverse_dynamics", "joint"])
+@pytest.mark.parametrize("streams,chunks,lv,k", [(2, 1, 3, 2), (2, 3, 2, 1), (2, 4, 4, 3), (1, 3, 2, 2),
+                                                 (1, 1, 1, 1), (2, 2, 1, 5)])
+def test_layout_mask_equals_brute_force_rule(layout, streams, chunks, lv, k):
+    layout_ = wam_lib.TokenLayout(streams, chunks, lv, k, layout)
+    np.testing.assert_array_equal(layout_.self_mask(), _brute_force_mask(streams, chunks, lv, k, layout))
+
+
+def test_layouts_differ_and_bad_layout_is_an_error():
+    a = wam_lib.TokenLayout(2, 2, 2, 2, "inverse_dynamics").self_mask()
+    b = wam_lib.TokenLayout(2, 2, 2, 2, "joint").self_mask()
+    assert (a != b).any()
+    with pytest.raises(ValueError, match="layout"):
+        wam_lib.TokenLayout(2, 2, 2, 2, "sideways")
+    with pytest.raises(Exception, match="flow.layout"):
+        wam_lib.build_configs(load_config(TINY, ["flow.layout=sideways"]))
+
+
+def _perturbed(params, seed=1):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(kk, x.shape) for x, kk in zip(leaves, keys)])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = load_config(TINY)
+    wan, wam = wam_lib.build_configs(config)
+    assert wam.layout == "inverse_dynamics"
+    params = _perturbed(wam_lib.init_params(wan, wam, jax.random.key(0)))
+    return wan, wam, params
+
+
+def test_action_prediction_depends_on_own_clean_video_not_noisy_video(tiny):
+    wan, wam, params = tiny
+    model = wam_lib.DriveWAM(wan, wam)
+    rng = np.random.default_rng(0)
+    b, n = 1, 3
+    video = rng.standard_normal((b, 2, n, 2, 4, 4, 8)).astype(np.float32)
+    actions = rng.standard_normal((b, 2, n, 8, 3)).astype(np.float32)
+    t = np.stack([np.zeros((b, n)), rng.uniform(size=(b, n))], 1).astype(np.float32)
+    apply = jax.jit(lambda v: model.apply({"params": params}, v, actions, t, t, None)[:2])
+    _, base_a = apply(video)
+    for k in range(n):
+        clean = video.copy()
+        clean[:, 0, k] += 1.0
+        _, out_a = apply(clean)
+        out_a, ref = np.asarray(out_a), np.asarray(base_a)
+        assert np.max(np.abs(out_a[:, 1, k] - ref[:, 1, k])) > 1e-4          # chunk k's action prediction
+        np.testing.assert_array_equal(out_a[:, :, :k], ref[:, :, :k])       # nothing of chunks < k
+        noisy = video.copy()
+        noisy[:, 1, k] += 1.0
+        _, out_a = apply(noisy)
+        np.testing.assert_array_equal(np.asarray(out_a), ref)              # no action prediction at all
