@@ -151,8 +151,10 @@ class ConditionEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Wan attention: q/k/v projections, RMSNorm over all heads on q and k, optional RoPE, output projection."""
+    """Wan attention: q/k/v projections, RMSNorm over all heads on q and k, optional RoPE, output projection.
+    zero_out: the output projection starts at zero (a branch added to a pretrained model changes nothing)."""
     cfg: WanConfig
+    zero_out: bool = False
 
     @nn.compact
     def __call__(self, x, context=None, rope=None, mask=None, past=None):
@@ -184,7 +186,8 @@ class Attention(nn.Module):
             v = jnp.concatenate([past["v"].astype(v.dtype), v], axis=1)
         out = dot_product_attention(q, k, v, mask=mask, implementation=c.attention)
         out = checkpoint_name(out.reshape(*out.shape[:2], c.dim), "attn_out")
-        return dense(c.dim, ("heads", "embed"), "to_out", **kw)(out), own
+        out_init = nn.initializers.zeros_init() if self.zero_out else nn.initializers.xavier_uniform()
+        return dense(c.dim, ("heads", "embed"), "to_out", kernel_init=out_init, **kw)(out), own
 
 
 class FeedForward(nn.Module):
@@ -199,13 +202,17 @@ class FeedForward(nn.Module):
 
 
 class WanBlock(nn.Module):
-    """adaLN block: modulated self-attention, cross-attention to the text, modulated FFN (all gated)."""
+    """adaLN block: modulated self-attention, cross-attention to the text, (DriveWAM only) cross-attention to
+    the ego-state tokens, modulated FFN (all gated). The ego branch's output projection starts at zero, so an
+    imported Wan checkpoint computes exactly what it did until training moves it."""
     cfg: WanConfig
 
     @nn.compact
-    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past=None):
+    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past=None, ego=None,
+                 ego_mask=None):
         """x: [B, L, D]; context: [B, Lc, D]; mod: [B, 1|L, 6, D] float32; rope: (cos, sin);
-        masks: bool [B|1, 1, L, Lk]; past: this layer's KV cache (see Attention).
+        masks: bool [B|1, 1, L, Lk]; past: this layer's KV cache (see Attention); ego: [B, Le, D] ego-state
+        tokens or None (no ego branch, plain Wan), ego_mask: bool [B|1, 1, L, Le].
         Returns (x, {"q", "k", "v"} of this block's self-attention for x's tokens)."""
         c = self.cfg
         table = self.param("scale_shift_table",
@@ -222,6 +229,12 @@ class WanBlock(nn.Module):
         h = AffineLayerNorm(c.eps, c.weights_dtype, name="norm2")(x) if c.cross_attn_norm else x.astype(jnp.float32)
         cross, _ = Attention(c, name="attn2")(h.astype(c.compute_dtype), context=context, mask=cross_mask)
         x = x + cross.astype(dt)
+
+        if ego is not None:
+            h = AffineLayerNorm(c.eps, c.weights_dtype, name="norm_ego")(x)
+            ego_out, _ = Attention(c, zero_out=True, name="attn_ego")(h.astype(c.compute_dtype), context=ego,
+                                                                     mask=ego_mask)
+            x = x + ego_out.astype(dt)
 
         h = (layer_norm_f32(x, c.eps) * (1 + c_scale) + c_shift).astype(c.compute_dtype)
         ff = FeedForward(c, name="ffn")(h)
@@ -240,7 +253,8 @@ class WanBlocks(nn.Module):
     return_kv: bool = False
 
     @nn.compact
-    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past=None):
+    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past=None, ego=None,
+                 ego_mask=None):
         c = self.cfg
         block_cls = WanBlock
         if c.remat != "none":
@@ -249,7 +263,7 @@ class WanBlocks(nn.Module):
 
         if c.scan_layers:
             def body(block, carry, layer_past):
-                y, qkv = block(carry, context, mod, rope, self_mask, cross_mask, layer_past)
+                y, qkv = block(carry, context, mod, rope, self_mask, cross_mask, layer_past, ego, ego_mask)
                 return y, (qkv if keep else None)
 
             scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -258,7 +272,8 @@ class WanBlocks(nn.Module):
         outs = []
         for i in range(c.num_layers):
             layer_past = None if past is None else jax.tree.map(lambda a: a[i], past)
-            x, qkv = block_cls(c, name=f"blocks_{i}")(x, context, mod, rope, self_mask, cross_mask, layer_past)
+            x, qkv = block_cls(c, name=f"blocks_{i}")(x, context, mod, rope, self_mask, cross_mask, layer_past,
+                                                       ego, ego_mask)
             outs.append(qkv)
         return x, (jax.tree.map(lambda *a: jnp.stack(a), *outs) if keep else None)
 
