@@ -48,11 +48,11 @@ def build_datasets(config, out: str):
     return dirs
 
 
-def fit_action_norm(data_dir: str):
+def fit_action_norm(data_dir: str, representation: str = "waypoints"):
     from data_pipelines import pipeline
     from wam_jax.data import ActionNorm
     waypoints = np.concatenate([clip.waypoints for clip in pipeline.iter_clips(data_dir, decode_frames=False)])
-    return ActionNorm.fit(waypoints, per_waypoint=True, min_std=0.05)
+    return ActionNorm.fit(waypoints, per_waypoint=True, min_std=0.05, representation=representation)
 
 
 def fit_latent_pca(config, data_dir: str, max_clips: int = 20) -> float:
@@ -87,7 +87,7 @@ def imagine_heldout(config, params, heldout_dir: str, out: str, chunks: int = 3)
     wan, wam = wam_lib.build_configs(config)
     f = wam.latent_frames_per_chunk
     lat = lat.reshape(1, n, f, *lat.shape[2:])
-    norm = ActionNorm(config.action_norm.mean, config.action_norm.std)
+    norm = ActionNorm.from_config(config.action_norm)
     actions = norm.normalize(clip.waypoints[None, :n].astype(np.float32))
     guidance = None
     if config.guidance.enabled and clip.intent is not None:
@@ -132,7 +132,7 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
 
     os.makedirs(out, exist_ok=True)
     train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out)
-    norm = fit_action_norm(train_dir)
+    norm = fit_action_norm(train_dir, config.action_norm.get("representation", "waypoints"))
     with config.unlocked():
         config.data.data_dir = train_dir
         config.action_norm.mean = norm.mean.tolist()

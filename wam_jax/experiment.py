@@ -8,10 +8,13 @@ from __future__ import annotations
 
 
 def flow(**overrides) -> dict:
-    return dict(dict(time_sampler="logit_normal", time_mean=0.0, time_std=1.0, time_shift=1.0, video_weight=1.0,
-                     action_weight=1.0, context="teacher_forcing", per_chunk_noise=False,
-                     independent_action_time=False, loss_from_chunk=0,
-                     layout="inverse_dynamics"), **overrides)
+    """The paper's objective: separate video/action timesteps with shifts 5 and 1, β_a = 1, noisy history
+    with p = 0.5 at τ ~ U(0.5, 0.7) (covers the sampler's video stop level 0.6), inverse-dynamics layout."""
+    return dict(dict(time_sampler="logit_normal", time_mean=0.0, time_std=1.0, time_shift=5.0,
+                     action_time_shift=1.0, video_weight=1.0, action_weight=1.0, context="teacher_forcing",
+                     per_chunk_noise=True, independent_action_time=True, loss_from_chunk=0,
+                     layout="inverse_dynamics", history_noise_prob=0.5, history_noise_range=(0.5, 0.7)),
+                **overrides)
 
 
 def train(steps: int, batch_size: int, **overrides) -> dict:

@@ -28,7 +28,7 @@ class DriveWAMPlanner:
         wan, self.wam = wam_lib.build_configs(config)
         self.engine = RolloutEngine(wan, self.wam, SamplerConfig.from_config(config.sampler),
                                     kv_memory.MemoryConfig.from_config(config.memory))
-        self.norm = ActionNorm(config.action_norm.mean, config.action_norm.std)
+        self.norm = ActionNorm.from_config(config.action_norm)
         self.frames_per_chunk = int(round(sim_cfg.chunk_s * sim_cfg.frame_hz))
         self.table = None
         if config.guidance.enabled:

@@ -312,7 +312,7 @@ def cli(argv: list[str]) -> int:
     params, step = load_trained_params(args.checkpoint, config, use_ema=not args.raw_params)
     engine = RolloutEngine(wan, wam, SamplerConfig.from_config(config.sampler),
                            kv_memory.MemoryConfig.from_config(config.memory))
-    norm = ActionNorm(config.action_norm.mean, config.action_norm.std)
+    norm = ActionNorm.from_config(config.action_norm)
     guidance_table = None
     if config.guidance.enabled:
         from wam_jax import guidance

@@ -96,7 +96,7 @@ class Trainer:
         self.wan, self.wam = wam_lib.build_configs(config)
         self.flow = FlowConfig.from_config(config.flow)
         self.tc = TrainConfig.from_config(config.train)
-        self.action_norm = ActionNorm(config.action_norm.mean, config.action_norm.std)
+        self.action_norm = ActionNorm.from_config(config.action_norm)
         self.model = wam_lib.DriveWAM(self.wan, self.wam)
         self.mesh = sharding.make_mesh(dict(config.mesh))
         batch_ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
@@ -172,9 +172,9 @@ class Trainer:
             data=ocp.args.JsonSave(sharding.gather_host_states(self.data.get_state()))), force=force)
 
     # ----- step --------------------------------------------------------------------------------------------
-    def apply(self, params, video, actions, t_video, t_action, guidance):
+    def apply(self, params, video, actions, t_video, t_action, guidance, ego=None):
         with sharding.activation_context(self.mesh):     # rules + mesh: activation constraints apply
-            return self.model.apply({"params": params}, video, actions, t_video, t_action, guidance)
+            return self.model.apply({"params": params}, video, actions, t_video, t_action, guidance, ego=ego)
 
     def _build_step(self):
         tc, flow, frames = self.tc, self.flow, self.wam.latent_frames_per_chunk
