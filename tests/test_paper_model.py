@@ -166,3 +166,128 @@ def test_increments_round_trip_recorded_expert_trajectories():
     np.testing.assert_allclose(norm.denormalize(norm.normalize(wp)), wp, atol=1e-4)
     with pytest.raises(ValueError, match="representation"):
         ActionNorm([0.0], [1.0], "polar")
+
+
+# ----- sampler ----------------------------------------------------------------------------------------------
+def _gaussian_oracle(mu, sigma):
+    """Exact marginal velocity of x_t = (1 − t)·x0 + t·ε for x0 ~ N(mu, sigma²), and the exact ODE solution
+    x_t = m_t + s_t·z from noise z. The oracle is NaN at t = 0 (a model is not trained there)."""
+    def velocity(x, t):
+        m, s2 = (1 - t) * mu, (1 - t) ** 2 * sigma ** 2 + t ** 2
+        v = (t - (1 - t) * sigma ** 2) * (x - m) / s2 - mu
+        return jnp.where(t > 0, v, jnp.nan)
+
+    def exact(z, t):
+        return (1 - t) * mu + np.sqrt((1 - t) ** 2 * sigma ** 2 + t ** 2) * z
+    return velocity, exact
+
+
+def _engine(**sampler):
+    from wam_jax.rollout import kv_memory
+    from wam_jax.rollout.engine import RolloutEngine, SamplerConfig
+    wan, wam = wam_lib.build_configs(load_config(TINY))
+    return RolloutEngine(wan, wam, SamplerConfig(**sampler), kv_memory.MemoryConfig())
+
+
+def _oracle_error(engine, seed=0):
+    import jax.numpy as jnp  # noqa: F811
+    vel_v, exact_v = _gaussian_oracle(1.5, 0.3)
+    vel_a, exact_a = _gaussian_oracle(-0.7, 0.5)
+    z = np.random.default_rng(seed).standard_normal((2, 64))
+    x_v, x_a = jnp.asarray(z[0]), jnp.asarray(z[1])
+    for _, gv, ga in engine.stages:
+        x_v, x_a = engine._integrate_with(lambda xv, xa, tv, ta: (vel_v(xv, tv), vel_a(xa, ta)), x_v, x_a, gv, ga)
+    stop = engine.generated_video_time
+    return (float(np.max(np.abs(np.asarray(x_v) - exact_v(z[0], stop)))),
+            float(np.max(np.abs(np.asarray(x_a) - exact_a(z[1], 0.0)))))
+
+
+import jax.numpy as jnp  # noqa: E402
+
+
+@pytest.mark.parametrize("schedule", ["video_then_action", "joint"])
+@pytest.mark.parametrize("video_stop", [0.6, 0.0])
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_sampler_converges_on_oracle_velocity(schedule, video_stop, solver):
+    """Both solvers converge to the exact flow for every schedule, at their order, and never evaluate t = 0
+    (the NaN oracle there: before the fix the Heun video stage of video_then_action averaged in t = 0)."""
+    errors = []
+    for scale in (1, 4, 16):
+        e = _oracle_error(_engine(video_steps=3 * scale, action_steps=10 * scale, solver=solver, schedule=schedule,
+                                  video_stop=video_stop))
+        assert np.all(np.isfinite(e)), (scale, e)
+        errors.append(max(e))
+    rate = 3.0 if solver == "euler" else 6.0           # ×4 steps: first order ≈ ÷4, second order ≈ ÷16
+    assert errors[1] < errors[0] / rate and errors[2] < errors[1] / rate, errors
+    assert errors[2] < (5e-2 if solver == "euler" else 2e-3), errors
+
+
+def test_paper_sampler_grids():
+    engine = _engine()
+    (name_v, gv_v, ga_v), (name_a, gv_a, ga_a) = engine.stages
+    np.testing.assert_allclose(gv_v[:, 0], [1.0, 1 - 0.4 / 3, 1 - 0.8 / 3], atol=1e-6)
+    assert gv_v[-1, 1] == pytest.approx(0.6) and np.all(ga_v == 1.0)          # actions wait at pure noise
+    assert len(ga_a) == 10 and ga_a[0, 0] == 1.0 and ga_a[-1, 1] == 0.0
+    assert np.allclose(gv_a, 0.6)                                            # ... then read the 0.6 latent
+
+
+def test_sampler_queries_are_covered_by_training():
+    from wam_jax.rollout.engine import SamplerConfig, check_sampler_covered, uncovered_queries
+    from wam_jax.training.objective import FlowConfig, history_times
+    config = load_config(TINY)
+    flow = FlowConfig.from_config(config.flow)
+    sampler = SamplerConfig.from_config(config.sampler)
+    assert uncovered_queries(flow, sampler, "inverse_dynamics") == []
+    check_sampler_covered(flow, sampler, "inverse_dynamics")
+    # The objective really draws history levels around the stop level (and clean ones).
+    tau = np.asarray(history_times(jax.random.key(0), (20000,), flow))
+    assert 0.3 < np.mean(tau == 0) < 0.7 and np.mean(np.abs(tau - sampler.video_stop) < 0.05) > 0.05
+    # Without noisy history the actions would read a 0.6 latent training never showed them.
+    no_history = FlowConfig.from_config(dict(config.flow, history_noise_prob=0.0))
+    assert len(uncovered_queries(no_history, sampler, "inverse_dynamics")) == 10
+    # The old demo: joint layout, joint 4/8-step grid, t_action = t_video in training.
+    old = FlowConfig.from_config(dict(config.flow, independent_action_time=False, layout="joint"))
+    old_sampler = SamplerConfig(video_steps=4, action_steps=8, schedule="joint", video_stop=0.0)
+    assert uncovered_queries(old, old_sampler, "joint")
+    with pytest.raises(Exception, match="never looked"):
+        check_sampler_covered(old, old_sampler, "joint")
+
+
+# ----- defects found while checking the code (each test failed before its fix) -------------------------------
+def test_full_cache_overflow_is_an_error_naming_the_counts():
+    from wam_jax.rollout import kv_memory
+    from wam_jax.rollout.engine import RolloutEngine, SamplerConfig
+    wan, wam = wam_lib.build_configs(load_config(TINY))
+    engine = RolloutEngine(wan, wam, SamplerConfig(), kv_memory.MemoryConfig(mode="full", max_chunks=3))
+    with pytest.raises(ValueError, match=r"chunk 3 .*max_chunks=3"):
+        engine.commit(None, engine.init_cache(1), 3, None, None, None)
+
+
+def test_loss_from_chunk_beyond_the_chunks_is_an_error():
+    from wam_jax.training.objective import FlowConfig, flow_matching_loss
+    batch = {"latents": jnp.zeros((1, 4, 4, 4, 8)), "actions": jnp.zeros((1, 2, 8, 3))}
+    never = lambda *a: pytest.fail("the model must not run")
+    with pytest.raises(Exception, match=r"loss_from_chunk=2 .*2 chunk"):
+        flow_matching_loss(never, None, batch, jax.random.key(0), FlowConfig(loss_from_chunk=2), 2)
+
+
+@pytest.mark.parametrize("field,value", [("tradeoff", 1.5), ("tradeoff", -0.1), ("recent_chunks", 0),
+                                         ("max_chunks", 0), ("video_budget", -1)])
+def test_memory_config_rejects_out_of_range_values(field, value):
+    from wam_jax.rollout.kv_memory import MemoryConfig
+    with pytest.raises(Exception, match=f"memory.{field}|budgets"):
+        MemoryConfig(**{field: value})
+
+
+def test_rope_max_seq_len_bounds_the_positions():
+    config = load_config(TINY, ["model.rope_max_seq_len=5"])
+    wan, wam = wam_lib.build_configs(config)
+    wam_lib.init_params(wan, wam, jax.random.key(0))                      # 1 chunk of 2 frames: fits
+    with pytest.raises(ValueError, match="rope_max_seq_len=5"):
+        wam_lib.DriveWAM(wan, wam).init(jax.random.key(0), *wam_lib.dummy_inputs(wan, wam, chunks=3))
+    from wam_jax.rollout import kv_memory
+    from wam_jax.rollout.engine import RolloutEngine, SamplerConfig
+    engine = RolloutEngine(wan, wam, SamplerConfig(), kv_memory.MemoryConfig())
+    engine.check_positions(1)
+    with pytest.raises(ValueError, match="rope_max_seq_len=5"):
+        engine.check_positions(2)

@@ -24,7 +24,9 @@ def train(steps: int, batch_size: int, **overrides) -> dict:
 
 
 def sampler(**overrides) -> dict:
-    return dict(dict(video_steps=10, action_steps=10, solver="euler", shift=1.0, schedule="joint"), **overrides)
+    """The paper's sampler: Euler, video 3 steps from τ = 1 to 0.6, then actions 10 steps from 1 to 0."""
+    return dict(dict(video_steps=3, action_steps=10, solver="euler", shift=1.0, schedule="video_then_action",
+                     video_stop=0.6), **overrides)
 
 
 def memory(mode: str, video_tokens_per_chunk: int, action_tokens_per_chunk: int, budget_chunks: int = 6,

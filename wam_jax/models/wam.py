@@ -180,6 +180,16 @@ def action_time_positions(frames: int, waypoints: int) -> np.ndarray:
     return (np.arange(1, waypoints + 1) * frames / waypoints - 1.0).astype(np.float32)
 
 
+def check_rope_range(wan: WanConfig, wam: WamConfig, chunks: int):
+    """Positions of `chunks` chunks must lie inside Wan's RoPE table: diffusers precomputes `rope_max_seq_len`
+    positions per axis, so an exported model could not run a longer sequence."""
+    f, h, w = wam.grid(wan)
+    need = max(chunks * f, h, w)
+    if need > wan.rope_max_seq_len:
+        raise ValueError(f"{chunks} chunk(s) of {f} latent frames (grid {h}×{w}) need {need} RoPE positions per axis, "
+                         f"model.rope_max_seq_len={wan.rope_max_seq_len}; raise it or roll out fewer chunks")
+
+
 def chunk_positions(wam: WamConfig, wan: WanConfig) -> np.ndarray:
     """RoPE positions [Lv + K, 3] of one chunk starting at frame 0."""
     f, h, w = wam.grid(wan)
@@ -281,6 +291,8 @@ class DriveWAM(nn.Module):
         if k != w.waypoints_per_chunk or actions.shape[4] != w.action_dim:
             raise ValueError(f"actions {actions.shape[3:]} != configured ({w.waypoints_per_chunk}, {w.action_dim})")
         layout = TokenLayout(s, n, w.video_tokens(c), k, w.layout)
+        if isinstance(chunk_offset, int):       # a traced offset is checked by the caller (RolloutEngine)
+            check_rope_range(c, w, chunk_offset + n)
 
         vid_tok, grid = PatchEmbed(c, name="patch_embed")(video.reshape(b * s * n, *video.shape[3:]))
         vid_tok = vid_tok.reshape(b, s, n, layout.video_tokens, c.dim)

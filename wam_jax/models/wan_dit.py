@@ -337,6 +337,9 @@ class WanTransformer(nn.Module):
             raise ValueError(f"text context has width {context.shape[-1]}, the model expects {c.text_dim}")
         b = latents.shape[0]
         tokens, grid = PatchEmbed(c, name="patch_embed")(latents)
+        if max(grid) > c.rope_max_seq_len:
+            raise ValueError(f"token grid {tuple(grid)} exceeds model.rope_max_seq_len={c.rope_max_seq_len} positions "
+                             "per axis (diffusers' RoPE table)")
         length = tokens.shape[1]
         if timesteps.ndim == 1:
             timesteps = timesteps[:, None]

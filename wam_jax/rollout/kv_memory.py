@@ -44,6 +44,15 @@ class MemoryConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"memory.mode={self.mode!r} unknown; choose one of {MODES}")
+        if self.max_chunks < 1:
+            raise ConfigError(f"memory.max_chunks={self.max_chunks} must be ≥ 1")
+        if self.recent_chunks < 1:
+            raise ConfigError(f"memory.recent_chunks={self.recent_chunks} must be ≥ 1 (0 would let the newest chunk "
+                              "be evicted)")
+        if not 0.0 <= self.tradeoff <= 1.0:
+            raise ConfigError(f"memory.tradeoff={self.tradeoff} must lie in [0, 1] (λ: relevance vs redundancy)")
+        if min(self.video_budget, self.action_budget) < 0:
+            raise ConfigError(f"memory budgets must be ≥ 0, got video {self.video_budget}, action {self.action_budget}")
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any]) -> "MemoryConfig":

@@ -34,17 +34,17 @@ class FlowConfig:
     time_sampler: str = "logit_normal"
     time_mean: float = 0.0
     time_std: float = 1.0
-    time_shift: float = 1.0                 # video timesteps' shift
-    action_time_shift: float | None = None  # action timesteps' shift (None: time_shift)
+    time_shift: float = 5.0                 # video timesteps' shift (the paper's code base: 5)
+    action_time_shift: float | None = 1.0   # action timesteps' shift (code base: 1; None: time_shift)
     video_weight: float = 1.0
-    action_weight: float = 1.0              # β_a
+    action_weight: float = 1.0              # β_a (paper: 1)
     context: str = "teacher_forcing"
-    per_chunk_noise: bool = False
-    independent_action_time: bool = False   # draw the action tokens' t separately from the video's
+    per_chunk_noise: bool = True
+    independent_action_time: bool = True    # draw the action tokens' t separately from the video's
     loss_from_chunk: int = 0                # chunks before it are context only (no loss)
     layout: str = "inverse_dynamics"        # attention layout (models.wam.attention_rule): or "joint"
-    history_noise_prob: float = 0.0         # p: a chunk's clean video copy is noised with this probability ...
-    history_noise_range: tuple[float, float] = (0.0, 0.0)   # ... at τ drawn uniformly from this range
+    history_noise_prob: float = 0.5         # p: a chunk's clean video copy is noised with this probability ...
+    history_noise_range: tuple[float, float] = (0.5, 0.7)   # ... at τ ~ U(range), which covers sampler.video_stop
 
     def __post_init__(self):
         if self.context not in CONTEXT_MODES:
