@@ -47,7 +47,7 @@ def get_config(arg=None):
                     vae_checkpoint="")
     c.sampler = base.sampler()       # the paper's: video 3 Euler steps 1 → 0.6, then actions 10 steps 1 → 0
     c.memory = base.memory(arg.memory, video_tokens_per_chunk=(20 // stride) * (64 // s2d // 2) ** 2,
-                           action_tokens_per_chunk=8, budget_chunks=3)
+                           action_tokens_per_chunk=8, budget_chunks=3, max_chunks=80)
     c.rollout = dict(context_chunks=1, chunks=1, video_fps=1.0)
     # Simulator and closed-loop settings shared by dataset building and evaluation (same camera and traffic).
     # heading_up: frames rotate with the ego like a car-mounted camera, so image and waypoints share one frame.

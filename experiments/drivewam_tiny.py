@@ -32,6 +32,7 @@ def get_config(arg=None):
     c.guidance = dict(enabled=arg.guidance == "on")
     c.latent = dict(kind="none", frame_stride=5, space_to_depth=8, channels=0, pca_path="", vae_checkpoint="")
     c.sampler = base.sampler()
-    c.memory = base.memory(arg.memory, video_tokens_per_chunk=2 * 2 * 2, action_tokens_per_chunk=8, budget_chunks=4)
+    c.memory = base.memory(arg.memory, video_tokens_per_chunk=2 * 2 * 2, action_tokens_per_chunk=8, budget_chunks=4,
+                           max_chunks=80)
     c.rollout = dict(context_chunks=1, chunks=2, video_fps=1.0)
     return c

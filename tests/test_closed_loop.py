@@ -1,4 +1,4 @@
-"""Closed-loop harness: metrics, runner, planner registry and the `eval` CLI."""
+"""Closed-loop harness: highway episode metrics, runner, planner table and the `eval` CLI."""
 
 import json
 import os
@@ -8,7 +8,10 @@ import sys
 import numpy as np
 import pytest
 
+from wam_jax import planners
 from wam_jax.evaluation import closed_loop as cl
+from wam_jax.metrics import highway as scores
+from wam_jax.metrics import navsim
 from wam_jax.sim import highway as hw
 
 SIM = hw.HighwaySimConfig(vehicles=15)
@@ -19,36 +22,42 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_ttc_check_on_constructed_scenes():
     ego = np.array([0.0, 0.0, 0.0, 25.0])
-    offsets = FAST.ttc_offsets_s
+    offsets = navsim.TTC_OFFSETS_S
     slow_ahead = np.array([[10.0, 0.0, 0.0, 10.0, 5.0, 2.0]])
-    assert cl.ttc_violation(ego, slow_ahead, offsets)
+    assert scores.ttc_violation(ego, slow_ahead, offsets)
     next_lane = slow_ahead + np.array([0, 4.0, 0, 0, 0, 0])
-    assert not cl.ttc_violation(ego, next_lane, offsets)
+    assert not scores.ttc_violation(ego, next_lane, offsets)
     fast_behind = np.array([[-8.0, 0.0, 0.0, 40.0, 5.0, 2.0]])  # would hit us, but it is behind: not our TTC
-    assert not cl.ttc_violation(ego, fast_behind, offsets)
+    assert not scores.ttc_violation(ego, fast_behind, offsets)
     same_speed_ahead = np.array([[20.0, 0.0, 0.0, 25.0, 5.0, 2.0]])
-    assert not cl.ttc_violation(ego, same_speed_ahead, offsets)
-    assert not cl.ttc_violation(ego, np.zeros((0, 6)), offsets)
+    assert not scores.ttc_violation(ego, same_speed_ahead, offsets)
+    assert not scores.ttc_violation(ego, np.zeros((0, 6)), offsets)
 
 
 def test_comfort_and_score_arithmetic():
     dt, n = 0.1, 60
     t = np.arange(n) * dt
     straight = np.stack([25 * t, 0 * t, 0 * t], 1)
-    ok = cl.comfort_ok(cl.comfort_signals(straight, np.full(n, 25.0), dt), FAST)
+    ok = scores.comfort_ok(scores.comfort_signals(straight, np.full(n, 25.0), dt))
     assert all(ok.values()), ok
     speeds = np.maximum(25 - 6.0 * t, 0)  # -6 m/s^2 braking
-    assert not cl.comfort_ok(cl.comfort_signals(straight, speeds, dt), FAST)["lon_accel"]
+    assert not scores.comfort_ok(scores.comfort_signals(straight, speeds, dt))["lon_accel"]
     weave = straight.copy()
     weave[:, 2] = 0.3 * np.sin(2 * np.pi * t / 1.5)  # heading oscillation -> yaw rate ~1.3 rad/s
-    bad = cl.comfort_ok(cl.comfort_signals(weave, np.full(n, 25.0), dt), FAST)
+    bad = scores.comfort_ok(scores.comfort_signals(weave, np.full(n, 25.0), dt))
     assert not bad["yaw_rate"] and not bad["lat_accel"]
-    assert cl.pdms(1, 1, 1, 1, 1) == 1.0
-    assert cl.pdms(0, 1, 1, 1, 1) == 0.0
-    assert cl.pdms(1, 1, 0, 0.5, 1) == pytest.approx((2.5 + 2) / 12)
-    assert cl.ego_progress(50.0, 100.0, 5.0) == 0.5
-    assert cl.ego_progress(150.0, 100.0, 5.0) == 1.0
-    assert cl.ego_progress(1.0, 2.0, 5.0) == 1.0  # expert barely moved
+    assert navsim.pdms_aggregate(1, 1, 1, 1, 1) == 1.0
+    assert navsim.pdms_aggregate(0, 1, 1, 1, 1) == 0.0
+    assert navsim.pdms_aggregate(1, 1, 0, 0.5, 1) == pytest.approx((2.5 + 2) / 12)
+    assert scores.ego_progress(50.0, 100.0) == 0.5
+    assert scores.ego_progress(150.0, 100.0) == 1.0
+    assert scores.ego_progress(1.0, 2.0) == 1.0  # neither moved 5 m: NAVSIM's rule
+    assert scores.ego_progress(-3.0, 100.0) == 0.0
+    assert scores.ego_progress(7.0, None) == 1.0
+    s = scores.episode_scores(False, False, True, 50.0, 100.0, {"lon_accel": True, "yaw_rate": False})
+    assert s == {"nc": 1.0, "dac": 1.0, "ttc": 0.0, "ep": 0.5, "comfort": 0.0, "pdms": pytest.approx(2.5 / 12)}
+    assert scores.episode_scores(True, False, False, 50.0, 100.0, {})["pdms"] == 0.0
+    assert scores.plan_ade(np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]]), np.zeros((2, 3))) == 2.5
 
 
 class _Recorder:
@@ -62,7 +71,7 @@ class _Recorder:
 
     def plan(self, obs):
         self.observations.append(obs)
-        return cl.ConstantVelocityPlanner().plan(obs)
+        return planners.ConstantVelocityPlanner().plan(obs)
 
 
 def test_runner_is_deterministic_and_feeds_planners_observations():
@@ -83,7 +92,7 @@ def test_runner_is_deterministic_and_feeds_planners_observations():
 
 
 def test_expert_planner_drives_exactly_like_the_recorded_expert():
-    result = cl.run_episode(cl.ExpertPlanner(SIM), 2, SIM, FAST)
+    result = cl.run_episode(planners.ExpertPlanner(SIM), 2, SIM, FAST)
     warmup = int(FAST.warmup_s * SIM.control_hz)
     record = hw.record_expert_episode(SIM, 2, steps=warmup + result.steps, render=False)
     np.testing.assert_allclose(result.poses, record.poses[warmup:], atol=1e-9)
@@ -99,32 +108,25 @@ def test_bad_plan_and_unknown_planner_are_reported():
     with pytest.raises(ValueError, match="expected finite"):
         cl.run_episode(Broken(), 0, SIM, FAST)
     with pytest.raises(KeyError, match="unknown planner 'nope'"):
-        cl.build_planner("nope", SIM)
-    # The DriveWAM plugin registers itself; without the experiment config it says what is missing.
+        planners.build_planner("nope", SIM)
+    # The learned planner needs the experiment config it was trained with, and says so.
     with pytest.raises(ValueError, match="needs --config"):
-        cl.build_planner(cl.LEARNED_PLANNER, SIM, "ckpt", None)
+        planners.build_planner(planners.LEARNED_PLANNER, SIM, "ckpt", None)
 
 
-def test_registry_hook_runs_a_registered_planner():
-    previous = cl.PLANNERS.get(cl.LEARNED_PLANNER)
+def test_planner_table_entries_run_in_the_closed_loop(monkeypatch):
     seen = {}
 
     def factory(sim_cfg, checkpoint, config):
         seen["checkpoint"] = checkpoint
-        planner = cl.ConstantVelocityPlanner()
-        planner.name = cl.LEARNED_PLANNER
+        planner = planners.ConstantVelocityPlanner()
+        planner.name = "custom"
         return planner
 
-    cl.register_planner(cl.LEARNED_PLANNER, factory)
-    try:
-        results = cl.evaluate([cl.LEARNED_PLANNER], 1, 0, SIM, FAST, checkpoint="ckpt")
-    finally:
-        if previous is None:
-            del cl.PLANNERS[cl.LEARNED_PLANNER]
-        else:
-            cl.PLANNERS[cl.LEARNED_PLANNER] = previous
+    monkeypatch.setitem(planners.PLANNERS, "custom", factory)
+    results = cl.evaluate(["custom"], 1, 0, SIM, FAST, checkpoint="ckpt")
     assert seen["checkpoint"] == "ckpt"
-    assert list(results) == [cl.LEARNED_PLANNER] and results[cl.LEARNED_PLANNER][0].expert_progress_m > 0
+    assert list(results) == ["custom"] and results["custom"][0].expert_progress_m > 0
 
 
 def test_expert_collides_no_more_than_constant_velocity():

@@ -24,7 +24,7 @@ class BatchIterator(Protocol):
     def set_state(self, state: Mapping[str, Any]) -> None: ...
 
 
-def synthetic_clip(rng: np.random.Generator, chunks: int, waypoints: int, chunk_seconds: float,
+def synthetic_latent_clip(rng: np.random.Generator, chunks: int, waypoints: int, chunk_seconds: float,
                    latent_shape: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
     """One clip: an ego arc (speed, yaw rate, both drifting per chunk) and latents derived from it, so video
     and actions carry information about each other. latent_shape = (F, h, w, z) per chunk."""
@@ -70,7 +70,7 @@ class SyntheticIterator:
             raise ValueError(f"global batch_size={batch_size} must split evenly over {process_count} processes "
                              f"(process_index={process_index})")
         rng = np.random.default_rng(seed)
-        clips = [synthetic_clip(rng, chunks, waypoints, chunk_seconds, tuple(latent_shape)) for _ in range(num_clips)]
+        clips = [synthetic_latent_clip(rng, chunks, waypoints, chunk_seconds, tuple(latent_shape)) for _ in range(num_clips)]
         self._clips = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
         self._num, self._batch, self._seed, self._shuffle = num_clips, batch_size, seed, shuffle
         per_process = batch_size // process_count

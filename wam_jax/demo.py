@@ -72,32 +72,28 @@ def imagine_heldout(config, params, heldout_dir: str, out: str, chunks: int = 3)
     import jax
     import jax.numpy as jnp
     from data_pipelines import pipeline
-    from wam_jax.rollout import kv_memory
+    from wam_jax.experiment import Experiment
     from wam_jax.models import latents
+    from wam_jax.rollout.engine import chain_waypoints, plot_paths, run_rollout
     from wam_jax.tools import video_io
-    from wam_jax.data import ActionNorm
-    from wam_jax.models import wam as wam_lib
-    from wam_jax.rollout.engine import RolloutEngine, SamplerConfig, chain_waypoints, run_rollout, _plot_paths
 
+    exp = Experiment(config)
     clip = next(iter(pipeline.iter_clips(heldout_dir)))
     n = min(chunks + 1, len(clip.waypoints))
     per_chunk = len(clip.frames) // len(clip.waypoints)
     frames = clip.frames[: n * per_chunk][None]
     lat = latents.encode_frames(frames, config)
-    wan, wam = wam_lib.build_configs(config)
+    wam = exp.wam
     f = wam.latent_frames_per_chunk
     lat = lat.reshape(1, n, f, *lat.shape[2:])
-    norm = ActionNorm.from_config(config.action_norm)
+    norm = exp.action_norm
     actions = norm.normalize(clip.waypoints[None, :n].astype(np.float32))
     guidance = None
-    if config.guidance.enabled and clip.intent is not None:
-        from wam_jax import guidance as guidance_lib
-        vocab = guidance_lib.GuidanceConfig.from_config(config.guidance).intent_vocabulary()
-        table = guidance_lib.intent_table(config)
-        ids = [vocab.index(t) for t in clip.intent[:n]]
-        guidance = lambda c, _: jnp.asarray(table[ids[c]][None, None])
-    engine = RolloutEngine(wan, wam, SamplerConfig.from_config(config.sampler),
-                           kv_memory.MemoryConfig.from_config(config.memory))
+    if exp.guidance is not None and clip.intent is not None:
+        # The recorded intent of each chunk, through the same guidance object the planner uses.
+        chunk_guidance = [jnp.asarray(exp.guidance.embed(None, {"intent": [text]})[:, None]) for text in clip.intent[:n]]
+        guidance = lambda c, _: chunk_guidance[c]
+    engine = exp.engine()
     result = run_rollout(engine, params, lat[:, :1], actions[:, :1], n - 1, jax.random.key(0), guidance)
     imagined = latents.decode_latents(result.video[0].reshape(-1, *result.video.shape[3:])[None], config)[0]
     real = latents.decode_latents(lat[0].reshape(-1, *lat.shape[3:])[None], config)[0]
@@ -108,7 +104,7 @@ def imagine_heldout(config, params, heldout_dir: str, out: str, chunks: int = 3)
     _save_png(os.path.join(out, "real_vs_imagined.png"), strip)
     planned = norm.denormalize(result.actions[0])
     path, ref = chain_waypoints(planned), chain_waypoints(clip.waypoints[:n])
-    _plot_paths(os.path.join(out, "imagined_trajectory.png"), path, ref, wam.waypoints_per_chunk, n)
+    plot_paths(os.path.join(out, "imagined_trajectory.png"), path, ref, wam.waypoints_per_chunk, n)
     gen = slice(wam.waypoints_per_chunk, None)
     err = np.linalg.norm(path[gen, :2] - ref[gen, :2], axis=-1)
     return {"chunks": n - 1, "ade_m": float(err.mean()), "fde_m": float(err[-1])}
@@ -123,11 +119,9 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
         overrides=()) -> dict:
     """The whole pipeline on `config` into `out`; returns the closed-loop aggregates (and imagination errors)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")     # "dummy" renders blank frames in highway-env
+    from wam_jax import planners as planner_table
     from wam_jax.evaluation import closed_loop as cl
-    from wam_jax.config import dataclass_from_config
-    from wam_jax.planners.drivewam import DriveWAMPlanner
-    from wam_jax.rollout.engine import load_trained_params
-    from wam_jax.sim import highway as hw
+    from wam_jax.experiment import Experiment
     from wam_jax.training.trainer import Trainer
 
     os.makedirs(out, exist_ok=True)
@@ -154,11 +148,11 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
     Trainer(config, workdir).run()
     _log(f"[train] done ({time.perf_counter() - start:.0f} s)")
 
-    sim_cfg = dataclass_from_config(hw.HighwaySimConfig, config.sim, "config.sim")
-    cl_cfg = dataclass_from_config(cl.ClosedLoopConfig, config.closed_loop, "config.closed_loop")
-    params, step = load_trained_params(workdir, config)
-    planners = {"expert": cl.ExpertPlanner(sim_cfg), "constant_velocity": cl.ConstantVelocityPlanner(),
-                "drivewam": DriveWAMPlanner(config, params, sim_cfg)}
+    exp = Experiment(config)
+    sim_cfg, cl_cfg = exp.sim, exp.closed_loop
+    planners = {name: planner_table.build_planner(name, sim_cfg, workdir, config)
+                for name in ("expert", "constant_velocity", planner_table.LEARNED_PLANNER)}
+    params, step = planners[planner_table.LEARNED_PLANNER].params, planners[planner_table.LEARNED_PLANNER].checkpoint_step
     start = time.perf_counter()
     eval_dir = os.path.join(out, "eval")
     _log(f"[eval] closed loop: {episodes} held-out seeds from {EVAL_SEED}, {cl_cfg.episode_s:g} s each")

@@ -1,49 +1,54 @@
-"""Default sections of a DriveWAM experiment config; experiment files start from these and change what differs.
+"""An experiment: the default config sections experiment files start from, and `Experiment(config)`, which
+builds the runtime objects of a config once (model, objective, sampler, memory, guidance, simulator).
 
-Each function returns a plain dict of every field (the strict dataclasses behind them reject unknown keys), so
-an experiment file reads as the list of its deviations.
+Section helpers (`flow`, `train`, `sampler`, `memory`) return every field of the dataclass that reads the
+section, so a default is written once, in that dataclass; experiment files list only their deviations.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
+from wam_jax.config import ConfigError, dataclass_from_config
+
+
+def _section(cls, **fields) -> dict:
+    """Every field of the dataclass behind a config section, its defaults overridden by `fields` (so a section
+    default is written once: in the dataclass that reads it)."""
+    return dataclasses.asdict(cls(**fields))
+
 
 def flow(**overrides) -> dict:
-    """The paper's objective: separate video/action timesteps with shifts 5 and 1, β_a = 1, noisy history
-    with p = 0.5 at τ ~ U(0.5, 0.7) (covers the sampler's video stop level 0.6), inverse-dynamics layout."""
-    return dict(dict(time_sampler="logit_normal", time_mean=0.0, time_std=1.0, time_shift=5.0,
-                     action_time_shift=1.0, video_weight=1.0, action_weight=1.0, context="teacher_forcing",
-                     per_chunk_noise=True, independent_action_time=True, loss_from_chunk=0,
-                     layout="inverse_dynamics", history_noise_prob=0.5, history_noise_range=(0.5, 0.7)),
-                **overrides)
+    from wam_jax.training.objective import FlowConfig
+    return _section(FlowConfig, **overrides)
 
 
 def train(steps: int, batch_size: int, **overrides) -> dict:
-    return dict(dict(steps=steps, batch_size=batch_size, lr=1e-4, warmup_steps=1000, end_lr_ratio=0.1,
-                     weight_decay=0.01, b1=0.9, b2=0.999, clip_norm=1.0, ema_decay=0.999, freeze=(),
-                     checkpoint_every=1000, keep_checkpoints=3, async_checkpoints=True, log_every=50), **overrides)
+    from wam_jax.training.trainer import TrainConfig
+    return _section(TrainConfig, steps=steps, batch_size=batch_size, **overrides)
 
 
 def sampler(**overrides) -> dict:
-    """The paper's sampler: Euler, video 3 steps from τ = 1 to 0.6, then actions 10 steps from 1 to 0."""
-    return dict(dict(video_steps=3, action_steps=10, solver="euler", shift=1.0, schedule="video_then_action",
-                     video_stop=0.6), **overrides)
+    from wam_jax.rollout.engine import SamplerConfig
+    return _section(SamplerConfig, **overrides)
 
 
 def memory(mode: str, video_tokens_per_chunk: int, action_tokens_per_chunk: int, budget_chunks: int = 6,
            **overrides) -> dict:
     """`full`, or `selective` with pools worth `budget_chunks` chunks of tokens."""
-    if mode not in ("full", "selective"):
-        raise ValueError(f"memory={mode!r}: choose 'full' or 'selective'")
-    return dict(dict(mode=mode, max_chunks=80, video_budget=budget_chunks * video_tokens_per_chunk,
-                     action_budget=budget_chunks * action_tokens_per_chunk, recent_chunks=1, tradeoff=0.7),
-                **overrides)
+    from wam_jax.rollout.kv_memory import MODES, MemoryConfig
+    if mode not in MODES:
+        raise ConfigError(f"memory={mode!r}: choose one of {MODES}")
+    return _section(MemoryConfig, **dict(dict(mode=mode, video_budget=budget_chunks * video_tokens_per_chunk,
+                                              action_budget=budget_chunks * action_tokens_per_chunk), **overrides))
 
 
 def freeze_groups(train_what: str) -> tuple[str, ...]:
     """`all` trains everything; `actions` freezes the pretrained video DiT and trains the action parts only."""
     from wam_jax.models.wam import WAN_PARAM_GROUPS
     if train_what not in ("all", "actions"):
-        raise ValueError(f"train={train_what!r}: choose 'all' or 'actions'")
+        raise ConfigError(f"train={train_what!r}: choose 'all' or 'actions'")
     return WAN_PARAM_GROUPS if train_what == "actions" else ()
 
 
@@ -53,7 +58,7 @@ def paper_scale(preset: str, arg, latent_frames: int, latent_height: int, latent
     import ml_collections
     from wam_jax.models.presets import wan_model_config
     if arg.clips not in ("4k", "10k", "100k"):
-        raise ValueError(f"clips={arg.clips!r}: choose 4k, 10k or 100k")
+        raise ConfigError(f"clips={arg.clips!r}: choose 4k, 10k or 100k")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = wan_model_config(preset, dtype="bfloat16", remat="dots", attention="auto")
@@ -66,7 +71,7 @@ def paper_scale(preset: str, arg, latent_frames: int, latent_height: int, latent
     c.action_norm = dict(mean=[[4.0 * (k + 1), 0.0, 0.0] for k in range(waypoints)],
                          std=[[2.0 * (k + 1), 0.3 * (k + 1), 0.03 * (k + 1)] for k in range(waypoints)])
     c.flow = flow(time_shift=3.0, loss_from_chunk=1)
-    c.train = train(arg.steps, arg.batch, lr=5e-5, freeze=freeze_groups(arg.train))
+    c.train = train(arg.steps, arg.batch, lr=5e-5, warmup_steps=1000, log_every=50, freeze=freeze_groups(arg.train))
     c.mesh = dict(data=1, fsdp=-1, tensor=1, sequence=1)
     c.data = dict(source="tfds", data_dir=f"{arg.data_root}/clips_{arg.clips}", split="train",
                   chunks_per_example=0, window_stride=1, seed=0, shuffle=True, num_epochs=0, drop_remainder=True,
@@ -78,6 +83,93 @@ def paper_scale(preset: str, arg, latent_frames: int, latent_height: int, latent
                     vae_checkpoint=arg.vae_checkpoint)
     video_tokens = latent_frames * (latent_height // 2) * (latent_width // 2)
     c.sampler = sampler(video_steps=10, action_steps=10)
-    c.memory = memory(arg.memory, video_tokens, waypoints, budget_chunks=6)
+    c.memory = memory(arg.memory, video_tokens, waypoints, budget_chunks=6, max_chunks=80)
     c.rollout = dict(context_chunks=1, chunks=74, video_fps=4.0)
     return c
+
+
+class Experiment:
+    """The runtime objects of one experiment config, each built once from its section (strict keys).
+
+    Every command goes through this instead of building configs by hand:
+        exp = Experiment(config)
+        exp.wan, exp.wam        model configs            exp.flow, exp.train     objective, optimiser
+        exp.sampler, exp.memory rollout configs          exp.action_norm         waypoint normalisation
+        exp.guidance            intent source + encoder (None when guidance is off)
+        exp.intent_table        [V, Lg, D] embeddings of the intent vocabulary (None when guidance is off)
+        exp.engine()            a RolloutEngine          exp.sim, exp.closed_loop  highway-env settings
+    """
+
+    def __init__(self, config):
+        self.config = config
+
+    @functools.cached_property
+    def _model_configs(self):
+        from wam_jax.models import wam as wam_lib
+        return wam_lib.build_configs(self.config)
+
+    @property
+    def wan(self):
+        return self._model_configs[0]
+
+    @property
+    def wam(self):
+        return self._model_configs[1]
+
+    @functools.cached_property
+    def flow(self):
+        from wam_jax.training.objective import FlowConfig
+        return FlowConfig.from_config(self.config.flow)
+
+    @functools.cached_property
+    def train(self):
+        from wam_jax.training.trainer import TrainConfig
+        return TrainConfig.from_config(self.config.train)
+
+    @functools.cached_property
+    def sampler(self):
+        from wam_jax.rollout.engine import SamplerConfig
+        return SamplerConfig.from_config(self.config.sampler)
+
+    @functools.cached_property
+    def memory(self):
+        from wam_jax.rollout.kv_memory import MemoryConfig
+        return MemoryConfig.from_config(self.config.memory)
+
+    @functools.cached_property
+    def action_norm(self):
+        from wam_jax.data import ActionNorm
+        return ActionNorm.from_config(self.config.action_norm)
+
+    @property
+    def guidance_enabled(self) -> bool:
+        return bool(self.config.guidance.enabled)
+
+    @functools.cached_property
+    def guidance(self):
+        """`guidance.Guidance` (scene rules in the demo, a VLM at paper scale), or None when guidance is off."""
+        if not self.guidance_enabled:
+            return None
+        from wam_jax import guidance
+        return guidance.make_guidance(self.config.guidance, self.wan.text_dim, self.wam.guidance_tokens)
+
+    @functools.cached_property
+    def intent_table(self):
+        if not self.guidance_enabled:
+            return None
+        from wam_jax import guidance
+        return guidance.intent_table(self.config)
+
+    def engine(self):
+        from wam_jax.rollout.engine import RolloutEngine
+        return RolloutEngine(self.wan, self.wam, self.sampler, self.memory)
+
+    @functools.cached_property
+    def sim(self):
+        from wam_jax.sim.highway import HighwaySimConfig
+        return dataclass_from_config(HighwaySimConfig, self.config.get("sim", {}), "config.sim")
+
+    @functools.cached_property
+    def closed_loop(self):
+        from wam_jax.evaluation.closed_loop import ClosedLoopConfig
+        return dataclass_from_config(ClosedLoopConfig, self.config.get("closed_loop", {}), "config.closed_loop")

@@ -6,7 +6,7 @@ Examples:
 
 An experiment config may hold a `sim` section (fields of `HighwaySimConfig`) and a `closed_loop` section (fields
 of `ClosedLoopConfig`); command-line flags override both. `--checkpoint` evaluates the learned planner
-("drivewam") too, which must have been registered in `wam_jax.evaluation.closed_loop.PLANNERS`.
+("drivewam", see `wam_jax.planners.PLANNERS`) too.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m wam_jax eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--planners", default="expert,constant_velocity",
-                   help="comma-separated planner names (see wam_jax.evaluation.closed_loop.PLANNERS)")
+                   help="comma-separated planner names (see wam_jax.planners.PLANNERS)")
     p.add_argument("--episodes", type=int, default=5, help="episodes per planner (seeds seed..seed+episodes-1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/eval", help="output folder: results.txt/json, mp4 videos, png plots")
@@ -42,23 +42,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from wam_jax import planners as planner_table
     from wam_jax.evaluation import closed_loop as cl
     from wam_jax.sim import highway as hw
 
     experiment = None
     sim_cfg, cl_cfg = hw.HighwaySimConfig(), cl.ClosedLoopConfig()
     if args.config or args.overrides:
-        from wam_jax.config import ConfigError, dataclass_from_config, load_config
+        from wam_jax.config import ConfigError, load_config
+        from wam_jax.experiment import Experiment
 
         if not args.config:
             print("eval: --set needs --config (the overrides apply to an experiment config)", file=sys.stderr)
             return 2
         try:
             experiment = load_config(args.config, args.overrides)
-            if "sim" in experiment:
-                sim_cfg = dataclass_from_config(hw.HighwaySimConfig, experiment.sim, f"{args.config}: sim")
-            if "closed_loop" in experiment:
-                cl_cfg = dataclass_from_config(cl.ClosedLoopConfig, experiment.closed_loop, f"{args.config}: closed_loop")
+            sim_cfg, cl_cfg = Experiment(experiment).sim, Experiment(experiment).closed_loop
         except ConfigError as e:
             print(f"eval: {e}", file=sys.stderr)
             return 2
@@ -76,23 +75,16 @@ def cli(argv: list[str]) -> int:
 
     names = [n.strip() for n in args.planners.split(",") if n.strip()]
     if args.checkpoint is not None:
-        cl.load_planner_plugins()
-        if cl.LEARNED_PLANNER not in cl.PLANNERS:
-            print(f"eval: --checkpoint {args.checkpoint!r} was given, but no DriveWAM planner is registered yet "
-                  f"(wam_jax.evaluation.closed_loop.PLANNERS has {sorted(cl.PLANNERS)}). Register one with "
-                  f"wam_jax.evaluation.closed_loop.register_planner({cl.LEARNED_PLANNER!r}, factory), or drop --checkpoint "
-                  f"to evaluate the baselines only.", file=sys.stderr)
-            return 2
         if not os.path.exists(args.checkpoint):
             print(f"eval: checkpoint folder {args.checkpoint!r} does not exist", file=sys.stderr)
             return 2
-        if cl.LEARNED_PLANNER not in names:
-            names.append(cl.LEARNED_PLANNER)
+        if planner_table.LEARNED_PLANNER not in names:
+            names.append(planner_table.LEARNED_PLANNER)
     if not names or args.episodes < 1:
         print("eval: need at least one planner and --episodes >= 1", file=sys.stderr)
         return 2
     try:
-        planners = {n: cl.build_planner(n, sim_cfg, args.checkpoint, experiment) for n in names}
+        planners = {n: planner_table.build_planner(n, sim_cfg, args.checkpoint, experiment) for n in names}
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"eval: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

@@ -1,38 +1,30 @@
-"""Closed-loop evaluation in highway-env: planners drive through waypoints, scored PDMS-style.
+"""Closed-loop evaluation in highway-env: planners drive through their waypoints, scored PDMS-style.
 
-A planner sees an `Observation` every `replan_s` seconds and returns ego-frame waypoints for the next chunk
-(`[N, 3]` x forward, y left, heading, at `sim_cfg.waypoint_times`); the `WaypointTracker` turns them into
-continuous actions at the control rate. The built-in expert is the reference: it drives with its own IDM + MOBIL
-actions, and its progress on the same seed normalises everyone's EP.
+A planner (`wam_jax.planners`) sees an `Observation` every `replan_s` seconds and returns ego-frame waypoints for
+the next chunk (`[N, 3]` x forward, y left, heading, at `sim_cfg.waypoint_times`); the `WaypointTracker` turns
+them into continuous actions at the control rate. The built-in expert is the reference: it drives with its own
+IDM + MOBIL actions, and its progress on the same seed normalises everyone's EP.
 
-Per-episode score (NAVSIM v1 PDMS shape, computed from highway-env geometry):
-  PDMS = NC * DAC * (5 TTC + 5 EP + 2 C) / 12
-  NC   0 if the ego collided (highway-env `crashed`), else 1;
-  DAC  0 if any ego corner left the lanes at any step, else 1;
-  TTC  0 if at any step the ego box, moved forward at constant velocity by 0.3/0.6/0.9 s, overlaps a vehicle
-       ahead of it moved the same way, else 1;
-  EP   progress / expert progress on the same seed, clipped to [0, 1] (1 when the expert made < 5 m);
-  C    1 if longitudinal acceleration, |lateral acceleration|, |jerk| and |yaw rate| stayed within the NAVSIM
-       bounds over the whole episode (Savitzky-Golay derivatives), else 0.
-ADE is the mean over replans of the mean L2 distance between the plan and the expert's own future from the
-same state (obtained by rolling the expert on a copy of the env).
-
-Register more planners in `PLANNERS` (name -> factory(sim_cfg, checkpoint, config) -> Planner): the DriveWAM
-policy registers itself there as "drivewam".
+The episode score (NC, DAC, TTC, EP, C, PDMS) and the plan ADE come from `wam_jax.metrics.highway`, which
+builds them from the NAVSIM scorer's own sub-metrics (aggregation, comfort bounds, EP rule, TTC look-ahead).
+ADE is the mean over replans of the plan's ADE against the expert's own future from the same state (obtained
+by rolling the expert on a copy of the env).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import os
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from wam_jax.metrics import highway as scores
+from wam_jax.planners import ExpertPlanner, Observation, Planner, build_planner
 from wam_jax.sim import highway as hw
+from wam_jax.tools import tables, video_io
 
 # ----------------------------------------------------------------------------------------------------------------
 # Config
@@ -50,224 +42,13 @@ class ClosedLoopConfig:
     video: bool = True
     plots: bool = True
     video_scale: int = 4  # nearest-neighbour upscaling of the frames in the mp4
-    ttc_offsets_s: tuple[float, ...] = (0.0, 0.3, 0.6, 0.9)
     ttc_range_m: float = 60.0  # vehicles further than this are ignored by the TTC check
-    lon_accel_bounds: tuple[float, float] = (-4.05, 2.40)  # [m/s^2], NAVSIM/nuPlan comfort
-    max_lat_accel: float = 4.89  # [m/s^2]
-    max_jerk: float = 8.37  # [m/s^3]
-    max_yaw_rate: float = 0.95  # [rad/s]
-    min_expert_progress_m: float = 5.0  # EP = 1 when the expert moved less than this
 
     def __post_init__(self):
         if self.intent_source not in ("expert", "scene"):
             raise ValueError(f"ClosedLoopConfig.intent_source must be 'expert' or 'scene', got {self.intent_source!r}")
         if self.replan_s <= 0 or self.episode_s <= 0 or self.warmup_s < 0:
             raise ValueError("ClosedLoopConfig: replan_s and episode_s must be positive, warmup_s >= 0")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Planner interface
-
-
-@dataclasses.dataclass
-class Observation:
-    """What a planner sees at a replan step.
-
-    Fair inputs: `frames`, `ego`, `intent`, `pose_history`, `speed_history`. The last two fields are
-    privileged simulator access for baselines only; a learned planner must not read them.
-    """
-
-    time_s: float
-    frames: np.ndarray  # [F, H, W, 3] uint8, oldest first, frames[-1] is now (padded with the first frame)
-    ego: hw.EgoState  # current state, world frame
-    intent: hw.Intent
-    pose_history: np.ndarray  # [K, 3] past poses in the CURRENT ego frame, oldest first, at waypoint_hz
-    speed_history: np.ndarray  # [K] speeds at those poses
-    waypoint_times: np.ndarray  # [N] seconds ahead at which the plan's waypoints are expected
-    sim: Any = None  # privileged: the live env (do not step it)
-    expert_future: np.ndarray | None = None  # privileged: [N, 3] the expert's future in the ego frame
-
-
-class Planner(Protocol):
-    """Returns ego-frame waypoints [N, 3] (x forward, y left, heading) at `obs.waypoint_times`."""
-
-    name: str
-
-    def reset(self, seed: int) -> None: ...
-
-    def plan(self, obs: Observation) -> np.ndarray: ...
-
-
-class ExpertPlanner:
-    """highway-env's IDM + MOBIL expert. Drives with its own actions (`drives_directly`); its plan (used for
-    plots and as the ADE sanity check, 0 by construction) is its own future from a copy of the env."""
-
-    name = "expert"
-    drives_directly = True
-
-    def __init__(self, sim_cfg: hw.HighwaySimConfig):
-        self.sim_cfg = sim_cfg
-
-    def reset(self, seed: int) -> None:
-        pass
-
-    def plan(self, obs: Observation) -> np.ndarray:
-        if obs.expert_future is not None:
-            return obs.expert_future
-        future = hw.expert_future(obs.sim, self.sim_cfg)[self.sim_cfg.steps_per_waypoint - 1 :: self.sim_cfg.steps_per_waypoint]
-        return hw.ego_frame_waypoints(future, obs.ego.pose)
-
-
-class ConstantVelocityPlanner:
-    """Keeps the current heading and speed: waypoints straight ahead at v * t."""
-
-    name = "constant_velocity"
-
-    def reset(self, seed: int) -> None:
-        pass
-
-    def plan(self, obs: Observation) -> np.ndarray:
-        t = np.asarray(obs.waypoint_times, dtype=np.float64)
-        return np.stack([obs.ego.speed * t, np.zeros_like(t), np.zeros_like(t)], axis=1)
-
-
-class IDMLaneKeepPlanner:
-    """IDM car following in the current lane, no lane changes: the expert's rollout on a copy of the env with
-    MOBIL switched off, read out as waypoints (privileged: uses `obs.sim`)."""
-
-    name = "idm_lane_keep"
-
-    def __init__(self, sim_cfg: hw.HighwaySimConfig):
-        self.sim_cfg = sim_cfg
-
-    def reset(self, seed: int) -> None:
-        pass
-
-    def plan(self, obs: Observation) -> np.ndarray:
-        import copy
-
-        sim = copy.deepcopy(obs.sim.unwrapped)
-        ego = sim.vehicle
-        ego.enable_lane_change = False
-        ego.target_lane_index = ego.lane_index
-        future = hw.expert_future(sim, self.sim_cfg)
-        k = self.sim_cfg.steps_per_waypoint
-        return hw.ego_frame_waypoints(future[k - 1 :: k], obs.ego.pose)
-
-
-PlannerFactory = Callable[[hw.HighwaySimConfig, "str | None", Any], Planner]
-
-PLANNERS: dict[str, PlannerFactory] = {
-    "expert": lambda sim_cfg, checkpoint, config: ExpertPlanner(sim_cfg),
-    "constant_velocity": lambda sim_cfg, checkpoint, config: ConstantVelocityPlanner(),
-    "idm_lane_keep": lambda sim_cfg, checkpoint, config: IDMLaneKeepPlanner(sim_cfg),
-    # "drivewam": registered by the model code with register_planner("drivewam", factory); the factory receives
-    # (sim_cfg, checkpoint_dir, experiment ConfigDict or None) and returns a Planner.
-}
-"""Planner factories by name: factory(sim_cfg, checkpoint_dir_or_None, experiment_config_or_None) -> Planner."""
-
-LEARNED_PLANNER = "drivewam"
-
-PLANNER_PLUGINS = ("wam_jax.planners.drivewam",)
-"""Modules imported (if they exist) before planners are looked up; a plugin calls `register_planner` at import."""
-
-
-def register_planner(name: str, factory: PlannerFactory) -> None:
-    """Adds (or replaces) a planner factory under `name` (the hook for the DriveWAM policy)."""
-    PLANNERS[name] = factory
-
-
-def load_planner_plugins() -> None:
-    """Imports every module of `PLANNER_PLUGINS` that exists; a missing plugin module is not an error."""
-    import importlib
-    import importlib.util
-
-    for module in PLANNER_PLUGINS:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            importlib.import_module(module)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Metrics (pure functions)
-
-
-def _box_polygon(x, y, heading, length, width):
-    from shapely.geometry import Polygon
-
-    return Polygon(hw.box_corners((x, y), heading, length, width))
-
-
-def ttc_violation(ego: np.ndarray, others: np.ndarray, offsets_s: Sequence[float], range_m: float = 60.0,
-                  length: float = 5.0, width: float = 2.0) -> bool:
-    """Whether the ego box `ego` = [x, y, heading, speed] (world frame) moved forward at constant velocity by any
-    of `offsets_s` overlaps a vehicle ahead of it (`others` [M, 6] rows as `hw.VEHICLE_COLUMNS`) moved the same
-    way. "Ahead" = the other centre lies in front of the ego centre along the ego heading."""
-    if len(others) == 0:
-        return False
-    x, y, h, v = (float(a) for a in ego[:4])
-    d = others[:, :2] - np.array([x, y])
-    ahead = (d @ np.array([math.cos(h), math.sin(h)]) > 0) & (np.hypot(d[:, 0], d[:, 1]) < range_m)
-    for row in others[ahead]:
-        ox, oy, oh, ov, ol, ow = (float(a) for a in row)
-        for tau in offsets_s:
-            ego_box = _box_polygon(x + v * tau * math.cos(h), y + v * tau * math.sin(h), h, length, width)
-            other_box = _box_polygon(ox + ov * tau * math.cos(oh), oy + ov * tau * math.sin(oh), oh, ol, ow)
-            if ego_box.intersects(other_box):
-                return True
-    return False
-
-
-def comfort_signals(poses: np.ndarray, speeds: np.ndarray, dt: float) -> dict[str, np.ndarray]:
-    """Savitzky-Golay (poly 2) derivatives of a driven trajectory: poses [T, 3] world, speeds [T], step dt.
-
-    Returns lon_accel, lat_accel (= v * yaw rate), jerk (magnitude of d/dt of (lon, lat) accel) and yaw_rate,
-    each [T]. Windows follow NAVSIM: 8 for accelerations, 15 for jerk, 5 for yaw rate (shrunk to fit short T).
-    Sign of lat_accel/yaw_rate follows highway-env (positive = turning right); bounds are symmetric.
-    """
-    from scipy.signal import savgol_filter
-
-    n = len(speeds)
-    if n < 3:
-        zero = np.zeros(n)
-        return {"lon_accel": zero, "lat_accel": zero, "jerk": zero, "yaw_rate": zero}
-
-    def deriv(y, window):
-        return savgol_filter(y, window_length=min(window, n), polyorder=2, deriv=1, delta=dt, mode="interp")
-
-    heading = np.unwrap(np.asarray(poses)[:, 2])
-    yaw_rate = deriv(heading, 5)
-    lon_accel = deriv(np.asarray(speeds, dtype=np.float64), 8)
-    lat_accel = np.asarray(speeds) * yaw_rate
-    jerk = np.hypot(deriv(lon_accel, 15), deriv(lat_accel, 15))
-    return {"lon_accel": lon_accel, "lat_accel": lat_accel, "jerk": jerk, "yaw_rate": yaw_rate}
-
-
-def comfort_ok(signals: dict[str, np.ndarray], cfg: ClosedLoopConfig) -> dict[str, bool]:
-    """Per-bound pass/fail over the whole episode."""
-    lo, hi = cfg.lon_accel_bounds
-    la = signals["lon_accel"]
-    return {
-        "lon_accel": bool(np.all((la > lo) & (la < hi))),
-        "lat_accel": bool(np.all(np.abs(signals["lat_accel"]) < cfg.max_lat_accel)),
-        "jerk": bool(np.all(np.abs(signals["jerk"]) < cfg.max_jerk)),
-        "yaw_rate": bool(np.all(np.abs(signals["yaw_rate"]) < cfg.max_yaw_rate)),
-    }
-
-
-def pdms(nc: float, dac: float, ttc: float, ep: float, c: float) -> float:
-    """NAVSIM v1 combination: NC * DAC * (5 TTC + 5 EP + 2 C) / 12."""
-    return float(nc * dac * (5 * ttc + 5 * ep + 2 * c) / 12)
-
-
-def ego_progress(ep_progress: float, expert_progress: float | None, min_expert_m: float) -> float:
-    """EP: progress over the expert's progress on the same seed, clipped to [0, 1]."""
-    if expert_progress is None or expert_progress < min_expert_m:
-        return 1.0
-    return float(np.clip(ep_progress / expert_progress, 0.0, 1.0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -369,17 +150,19 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
                 future_ego = hw.ego_frame_waypoints(future, pose)
             intent = hw.scene_intent(env, sim_cfg, future if cfg.intent_source == "expert" else None)
             hist_idx = [max(t - k_wp * j, 0) for j in range(cfg.history_poses, 0, -1)]
+            from data_pipelines.sources.highway import episode_ego_state
+            ego_states = episode_ego_state(np.asarray(speeds), np.asarray(poses), np.array([hist_idx[0], t]), dt)
             obs = Observation(
                 time_s=(t - warmup) * dt, frames=np.stack(_history(frames, cfg.history_frames)), ego=state,
                 intent=intent, pose_history=hw.ego_frame_waypoints(np.array([poses[i] for i in hist_idx]), pose),
                 speed_history=np.array([speeds[i] for i in hist_idx]), waypoint_times=sim_cfg.waypoint_times,
-                sim=env, expert_future=future_ego)
+                sim=env, expert_future=future_ego, ego_states=ego_states)
             plan = np.asarray(planner.plan(obs), dtype=np.float64)
             if plan.shape != (sim_cfg.waypoints_per_chunk, 3) or not np.all(np.isfinite(plan)):
                 raise ValueError(f"planner {planner.name!r} returned waypoints of shape {plan.shape} (finite: "
                                  f"{np.all(np.isfinite(plan))}); expected finite [{sim_cfg.waypoints_per_chunk}, 3]")
             if future_ego is not None and cfg.expert_ade:
-                ades.append(float(np.mean(np.linalg.norm(plan[:, :2] - future_ego[:, :2], axis=1))))
+                ades.append(scores.plan_ade(plan, future_ego))
             plan_world = hw.world_from_ego(plan, pose)
             plans.append(((t - warmup) * dt, plan_world))
             tracker.set_plan(plan, sim_cfg.waypoint_times, pose, state.speed)
@@ -403,21 +186,18 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
             off_road |= not state.on_road
             if not ttc_bad:
                 others = hw.other_vehicles(env, cfg.ttc_range_m + 10)
-                ttc_bad = ttc_violation(np.array([*state.pose, state.speed]), others, cfg.ttc_offsets_s,
-                                        cfg.ttc_range_m)
+                ttc_bad = scores.ttc_violation(np.array([*state.pose, state.speed]), others,
+                                               range_m=cfg.ttc_range_m)
         if state.crashed:
             crashed = True
             break
     poses_arr, speeds_arr = np.array(poses[warmup:]), np.array(speeds[warmup:])
-    checks = comfort_ok(comfort_signals(poses_arr, speeds_arr, dt), cfg)
-    nc, dac, ttc = float(not crashed), float(not off_road), float(not ttc_bad)
-    c = float(all(checks.values()))
-    ep = ego_progress(progress, expert_progress_m, cfg.min_expert_progress_m)
+    checks = scores.comfort_ok(scores.comfort_signals(poses_arr, speeds_arr, dt))
     result = EpisodeResult(
         planner=planner.name, seed=int(seed), steps=max(len(poses_arr) - 1, 0), crashed=crashed, off_road=off_road,
-        progress_m=progress, expert_progress_m=expert_progress_m, nc=nc, dac=dac, ttc=ttc, ep=ep, comfort=c,
-        pdms=pdms(nc, dac, ttc, ep, c), ade_m=float(np.mean(ades)) if ades else float("nan"), comfort_checks=checks,
-        poses=poses_arr, plans=plans)
+        progress_m=progress, expert_progress_m=expert_progress_m,
+        **scores.episode_scores(crashed, off_road, ttc_bad, progress, expert_progress_m, checks),
+        ade_m=float(np.mean(ades)) if ades else float("nan"), comfort_checks=checks, poses=poses_arr, plans=plans)
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         stem = os.path.join(out_dir, f"{planner.name}_seed{seed}")
@@ -425,7 +205,8 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
             if crashed:  # show the crash itself
                 video_frames.append(_overlay(hw.render_frame(env, sim_cfg), plan_world, state.pose, sim_cfg,
                                              cfg.video_scale))
-            result.video = write_video(stem + ".mp4", video_frames, fps=sim_cfg.control_hz)
+            video_io.write_video(stem + ".mp4", np.stack(video_frames), fps=sim_cfg.control_hz)
+            result.video = stem + ".mp4"
         if cfg.plots:
             result.plot = plot_episode(stem + ".png", result, env)
     return result
@@ -448,14 +229,6 @@ def _overlay(frame: np.ndarray, plan_world: np.ndarray | None, ego_pose: np.ndar
             if 0 <= row < h and 0 <= col < w:
                 img[max(row - r, 0) : row + r + 1, max(col - r, 0) : col + r + 1] = (230, 30, 30)
     return img
-
-
-def write_video(path: str, frames: Sequence[np.ndarray], fps: float) -> str:
-    """Writes uint8 [H, W, 3] frames (even H, W) as H.264 mp4 with imageio's pyav plugin."""
-    import imageio.v3 as iio
-
-    iio.imwrite(path, np.stack(frames), plugin="pyav", fps=fps, codec="libx264")
-    return path
 
 
 def plot_episode(path: str, result: EpisodeResult, env=None) -> str:
@@ -503,17 +276,6 @@ def plot_episode(path: str, result: EpisodeResult, env=None) -> str:
 # Evaluation over planners and seeds
 
 
-def build_planner(name: str, sim_cfg: hw.HighwaySimConfig, checkpoint: str | None = None, config: Any = None) -> Planner:
-    if name not in PLANNERS:
-        load_planner_plugins()
-    if name not in PLANNERS:
-        hint = (" The DriveWAM planner is not registered yet: the model code must call "
-                "wam_jax.evaluation.closed_loop.register_planner('drivewam', factory), e.g. from a module listed in "
-                f"wam_jax.evaluation.closed_loop.PLANNER_PLUGINS {PLANNER_PLUGINS}." if name == LEARNED_PLANNER else "")
-        raise KeyError(f"unknown planner {name!r}; known: {sorted(PLANNERS)}.{hint}")
-    return PLANNERS[name](sim_cfg, checkpoint, config)
-
-
 def evaluate(planners: Sequence[str] | dict[str, Planner], episodes: int, seed: int, sim_cfg: hw.HighwaySimConfig,
              cfg: ClosedLoopConfig, out_dir: str | None = None, checkpoint: str | None = None, config: Any = None,
              log: Callable[[str], None] | None = None) -> dict[str, list[EpisodeResult]]:
@@ -535,8 +297,9 @@ def evaluate(planners: Sequence[str] | dict[str, Planner], episodes: int, seed: 
         for name, planner in planners.items():
             if name == "expert":
                 ref.expert_progress_m = ref_progress
-                ref.ep = ego_progress(ref_progress, ref_progress, cfg.min_expert_progress_m)
-                ref.pdms = pdms(ref.nc, ref.dac, ref.ttc, ref.ep, ref.comfort)
+                rescored = scores.episode_scores(ref.crashed, ref.off_road, not ref.ttc, ref.progress_m,
+                                                 ref_progress, ref.comfort_checks)
+                ref.ep, ref.pdms = rescored["ep"], rescored["pdms"]
                 res = ref
             else:
                 res = run_episode(planner, s, sim_cfg, cfg, ref_progress, out_dir, env)
@@ -578,20 +341,13 @@ _COLUMNS = (
 
 
 def format_table(results: dict[str, list[EpisodeResult]]) -> str:
-    """Plain-text table, one row per planner, columns aligned."""
-    rows = [[c[0] for c in _COLUMNS]]
+    """Plain-text table, one row per planner."""
+    rows = []
     for name, episodes in results.items():
         agg = {"planner": name, **aggregate(episodes)}
-        row = []
-        for _, key, fmt in _COLUMNS:
-            v = agg[key]
-            row.append("-" if isinstance(v, float) and math.isnan(v) else fmt.format(v))
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+        rows.append(["-" if isinstance(agg[key], float) and math.isnan(agg[key]) else fmt.format(agg[key])
+                     for _, key, fmt in _COLUMNS])
+    return tables.format_table([c[0] for c in _COLUMNS], rows)
 
 
 def write_results(out_dir: str, results: dict[str, list[EpisodeResult]], meta: dict[str, Any]) -> str:
@@ -600,32 +356,9 @@ def write_results(out_dir: str, results: dict[str, list[EpisodeResult]], meta: d
     table = format_table(results)
     with open(os.path.join(out_dir, "results.txt"), "w") as f:
         f.write(table + "\n")
-    payload = _clean({
+    tables.write_json(os.path.join(out_dir, "results.json"), {
         "meta": meta,
         "planners": {name: {"aggregate": aggregate(eps), "episodes": [e.summary() for e in eps]}
                      for name, eps in results.items()},
     })
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(payload, f, indent=1, default=_json_default, allow_nan=False)
     return table
-
-
-def _clean(obj):
-    """NaN -> None, numpy scalars -> Python, recursively (strict JSON)."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        obj = obj.item()
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(obj)}")

@@ -46,6 +46,7 @@ DRIVING_DIRECTION_COMPLIANCE_M = 2.0
 DRIVING_DIRECTION_VIOLATION_M = 6.0
 TTC_STOPPED_SPEED = 5e-3  # [m/s] ego speed below which TTC is not checked
 TTC_HORIZON_S = 1.0
+TTC_OFFSETS_S = (0.0, 0.3, 0.6, 0.9)  # look-ahead of the TTC check: {0, 3, 6, 9} steps of DT within the horizon
 COLLISION_STOPPED_SPEED = 5e-2  # [m/s] nuPlan stopped threshold for ego and tracks
 PROGRESS_DISTANCE_THRESHOLD_M = 5.0
 LANE_KEEPING_DEVIATION_M = 0.5
@@ -210,7 +211,7 @@ def _no_at_fault_collision(c: _Compiled, states, coords, polygons, multiple, non
 
 def _ttc(c: _Compiled, states, coords, multiple, non_drivable, version: int) -> np.ndarray:
     n_prop, n_time = states.shape[:2]
-    future = np.arange(0, int(TTC_HORIZON_S * 10), 3)  # {0, 3, 6, 9} steps
+    future = np.round(np.asarray(TTC_OFFSETS_S) / DT).astype(int)  # {0, 3, 6, 9} steps
     ring = coords.copy()
     ring[..., CENTER, :] = ring[..., FRONT_LEFT, :]
     speeds = np.hypot(states[..., VX], states[..., VY])

@@ -58,14 +58,19 @@ def _smoothed_acceleration(states: np.ndarray, coordinate: str, vehicle: Vehicle
     return np.round(acc, 8)
 
 
-def _derivative(y: np.ndarray, time_s: np.ndarray, window_length: int, poly_order: int, deriv: int) -> np.ndarray:
-    window_length = min(window_length, len(time_s))
+def savgol_derivative(y: np.ndarray, dt: float, window_length: int, poly_order: int, deriv: int) -> np.ndarray:
+    """Savitzky-Golay derivative along the last axis of samples `dt` apart (the window shrinks to fit short y)."""
+    window_length = min(window_length, np.shape(y)[-1])
     if not poly_order < window_length:
         raise ValueError(f"Savitzky-Golay needs poly order {poly_order} < window {window_length}.")
+    return savgol_filter(y, polyorder=poly_order, window_length=window_length, deriv=deriv, delta=dt, axis=-1)
+
+
+def _derivative(y: np.ndarray, time_s: np.ndarray, window_length: int, poly_order: int, deriv: int) -> np.ndarray:
     dx = np.diff(time_s)
     if not (dx > 0).all():
         raise ValueError("time points must be strictly increasing.")
-    return savgol_filter(y, polyorder=poly_order, window_length=window_length, deriv=deriv, delta=dx.mean(), axis=-1)
+    return savgol_derivative(y, dx.mean(), min(window_length, len(time_s)), poly_order, deriv)
 
 
 def _jerk(states, coordinate, time_s, vehicle) -> np.ndarray:
@@ -84,7 +89,20 @@ def _yaw_derivative(states, time_s, deriv: int, poly_order: int) -> np.ndarray:
     return np.round(_derivative(_phase_unwrap(states[..., HEADING]), time_s, 5, poly_order, deriv), 8)
 
 
-def _within(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+# name -> (lo, hi): a signal passes when lo < value < hi at every step (strict, as nuPlan).
+COMFORT_BOUNDS = {
+    "lon_accel": (MIN_LON_ACCEL, MAX_LON_ACCEL),
+    "lat_accel": (-MAX_ABS_LAT_ACCEL, MAX_ABS_LAT_ACCEL),
+    "jerk": (-MAX_ABS_MAG_JERK, MAX_ABS_MAG_JERK),
+    "lon_jerk": (-MAX_ABS_LON_JERK, MAX_ABS_LON_JERK),
+    "yaw_accel": (-MAX_ABS_YAW_ACCEL, MAX_ABS_YAW_ACCEL),
+    "yaw_rate": (-MAX_ABS_YAW_RATE, MAX_ABS_YAW_RATE),
+}
+
+
+def within_bounds(values: np.ndarray, name: str) -> np.ndarray:
+    """Whether signal `name` stays inside its comfort bounds over the last axis. -> bool [...]."""
+    lo, hi = COMFORT_BOUNDS[name]
     return np.all((values > lo) & (values < hi), axis=-1)
 
 
@@ -94,17 +112,15 @@ def comfort_checks(states: np.ndarray, time_s: np.ndarray, vehicle: VehicleParam
     time_s = np.asarray(time_s, dtype=np.float64)
     if states.ndim != 3 or states.shape[1] != len(time_s):
         raise ValueError(f"states must be [B, T, 11] with T == len(time_s); got {states.shape}, {len(time_s)}.")
-    return np.stack(
-        [
-            _within(_smoothed_acceleration(states, "x", vehicle), MIN_LON_ACCEL, MAX_LON_ACCEL),
-            _within(_smoothed_acceleration(states, "y", vehicle), -MAX_ABS_LAT_ACCEL, MAX_ABS_LAT_ACCEL),
-            _within(_jerk(states, "magnitude", time_s, vehicle), -MAX_ABS_MAG_JERK, MAX_ABS_MAG_JERK),
-            _within(_jerk(states, "x", time_s, vehicle), -MAX_ABS_LON_JERK, MAX_ABS_LON_JERK),
-            _within(_yaw_derivative(states, time_s, 2, 3), -MAX_ABS_YAW_ACCEL, MAX_ABS_YAW_ACCEL),
-            _within(_yaw_derivative(states, time_s, 1, 2), -MAX_ABS_YAW_RATE, MAX_ABS_YAW_RATE),
-        ],
-        axis=-1,
-    )
+    signals = {
+        "lon_accel": _smoothed_acceleration(states, "x", vehicle),
+        "lat_accel": _smoothed_acceleration(states, "y", vehicle),
+        "jerk": _jerk(states, "magnitude", time_s, vehicle),
+        "lon_jerk": _jerk(states, "x", time_s, vehicle),
+        "yaw_accel": _yaw_derivative(states, time_s, 2, 3),
+        "yaw_rate": _yaw_derivative(states, time_s, 1, 2),
+    }
+    return np.stack([within_bounds(signals[name], name) for name in COMFORT_NAMES], axis=-1)
 
 
 def is_comfortable(states: np.ndarray, time_s: np.ndarray, vehicle: VehicleParams = VehicleParams()) -> np.ndarray:

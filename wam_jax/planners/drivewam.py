@@ -1,8 +1,9 @@
-"""The DriveWAM policy as a closed-loop planner ("drivewam" in wam_jax.evaluation.closed_loop.PLANNERS).
+"""The DriveWAM policy as a closed-loop planner ("drivewam" in `wam_jax.planners.PLANNERS`).
 
 At each replan the last chunk of driving (frames of the past `chunk_s` seconds and the ego path over it) is the
-clean context chunk; the model imagines the next chunk (video + waypoints) from noise, with the scene-rule
-intent as guidance, and the waypoints go to the tracking controller.
+clean context chunk; the model imagines the next chunk (video + waypoints) from noise, guided by the intent the
+experiment's guidance object writes for it (scene rules in the demo, a VLM at paper scale: one code path), and
+the waypoints go to the tracking controller. It reads only fair inputs: frames, its own pose history, the intent.
 """
 
 from __future__ import annotations
@@ -11,37 +12,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wam_jax.evaluation import closed_loop as cl
-from wam_jax.rollout import kv_memory
+from wam_jax.experiment import Experiment
 from wam_jax.models import latents as latent_codecs
-from wam_jax.data import ActionNorm
-from wam_jax.models import wam as wam_lib
-from wam_jax.rollout.engine import RolloutEngine, SamplerConfig, load_trained_params, run_rollout
+from wam_jax.planners.base import Observation
+from wam_jax.rollout.engine import load_trained_params, run_rollout
 from wam_jax.sim import highway as hw
 
 
 class DriveWAMPlanner:
-    name = cl.LEARNED_PLANNER
+    name = "drivewam"
 
     def __init__(self, config, params, sim_cfg: hw.HighwaySimConfig):
         self.config, self.params, self.sim_cfg = config, params, sim_cfg
-        wan, self.wam = wam_lib.build_configs(config)
-        self.engine = RolloutEngine(wan, self.wam, SamplerConfig.from_config(config.sampler),
-                                    kv_memory.MemoryConfig.from_config(config.memory))
-        self.norm = ActionNorm.from_config(config.action_norm)
+        self.experiment = Experiment(config)
+        self.wam = self.experiment.wam
+        self.engine = self.experiment.engine()
+        self.norm = self.experiment.action_norm
+        self.guidance = self.experiment.guidance
         self.frames_per_chunk = int(round(sim_cfg.chunk_s * sim_cfg.frame_hz))
-        self.table = None
-        if config.guidance.enabled:
-            from wam_jax import guidance
-            self.table = jnp.asarray(guidance.intent_table(config))
         self.imagined: list[np.ndarray] = []    # latents of every imagined chunk, for videos
         self.rng = jax.random.key(0)
+        self.checkpoint_step: int | None = None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | None, config, sim_cfg: hw.HighwaySimConfig) -> "DriveWAMPlanner":
+        if config is None:
+            raise ValueError("the drivewam planner needs --config (the experiment the checkpoint was trained with)")
+        if checkpoint is None:
+            raise ValueError("the drivewam planner needs --checkpoint (the workdir of a `train` run)")
+        params, step = load_trained_params(checkpoint, config)
+        planner = cls(config, params, sim_cfg)
+        planner.checkpoint_step = step
+        return planner
 
     def reset(self, seed: int) -> None:
         self.rng = jax.random.key(seed)
         self.imagined = []
 
-    def context(self, obs: cl.Observation):
+    def context(self, obs: Observation):
         """(latents [1, 1, F, h, w, z], normalised actions [1, 1, K, 3]) of the past chunk."""
         frames = obs.frames[:-1][-self.frames_per_chunk:]          # the chunk before "now" (now starts the next)
         if len(frames) < self.frames_per_chunk:
@@ -50,14 +58,21 @@ class DriveWAMPlanner:
         waypoints = context_waypoints(obs.pose_history)
         return lat, self.norm.normalize(waypoints[None, None].astype(np.float32))
 
-    def plan(self, obs: cl.Observation) -> np.ndarray:
+    def chunk_guidance(self, obs: Observation):
+        """[1, 1, Lg, D] guidance of the chunk to imagine, or None: the intent source sees the observed frames
+        and the route command (`obs.intent`)."""
+        if self.guidance is None:
+            return None
+        return jnp.asarray(self.guidance.embed([obs.frames], {"intent": [obs.intent]})[:, None])
+
+    def plan(self, obs: Observation) -> np.ndarray:
         lat, act = self.context(obs)
-        guidance = None
-        if self.table is not None:
-            g = self.table[obs.intent.index][None, None]
-            guidance = lambda c, _: g
+        g = self.chunk_guidance(obs)
+        guidance = None if g is None else (lambda c, _: g)
         self.rng, key = jax.random.split(self.rng)
-        result = run_rollout(self.engine, self.params, lat, act, 1, key, guidance)
+        ego = None if obs.ego_states is None else jnp.asarray(obs.ego_states, jnp.float32)[None, :, None]
+        ego_fn = None if ego is None else (lambda c, _: ego[:, c])     # chunk 0: the past chunk, chunk 1: now
+        result = run_rollout(self.engine, self.params, lat, act, 1, key, guidance, ego_fn=ego_fn)
         self.imagined.append(result.video[0, -1])
         return self.norm.denormalize(result.actions[0, -1])
 
@@ -72,13 +87,3 @@ def context_waypoints(pose_history: np.ndarray) -> np.ndarray:
     c, s = np.cos(h0), np.sin(h0)
     heading = np.angle(np.exp(1j * (poses[1:, 2] - h0)))
     return np.stack([c * dx + s * dy, -s * dx + c * dy, heading], axis=-1)
-
-
-def _factory(sim_cfg, checkpoint, config):
-    if config is None:
-        raise ValueError("the drivewam planner needs --config (the experiment the checkpoint was trained with)")
-    params, _ = load_trained_params(checkpoint, config)
-    return DriveWAMPlanner(config, params, sim_cfg)
-
-
-cl.register_planner(cl.LEARNED_PLANNER, _factory)

@@ -27,6 +27,7 @@ from wam_jax import flow_matching as fm
 from wam_jax.rollout import kv_memory
 from wam_jax.config import ConfigError, dataclass_from_config, load_config
 from wam_jax.models import wam as wam_lib
+from wam_jax.tools import tables
 
 SCHEDULES = ("joint", "video_then_action")
 
@@ -318,23 +319,21 @@ def chain_waypoints(chunk_waypoints: np.ndarray) -> np.ndarray:
 
 def latency_table(timings: list[dict[str, float]]) -> str:
     stages = list(dict.fromkeys(k for t in timings for k in t))
-    rows = [f"{'stage':<26}{'mean s/chunk':>14}{'max':>10}"]
-    for s in stages:
-        vals = [t.get(s, 0.0) for t in timings]
-        rows.append(f"{s:<26}{np.mean(vals):>14.4f}{np.max(vals):>10.4f}")
+    rows = [[s, f"{np.mean([t.get(s, 0.0) for t in timings]):.4f}", f"{np.max([t.get(s, 0.0) for t in timings]):.4f}"]
+            for s in stages]
     total = [sum(t.values()) for t in timings]
-    rows.append(f"{'total':<26}{np.mean(total):>14.4f}{np.max(total):>10.4f}")
-    return "\n".join(rows)
+    rows.append(["total", f"{np.mean(total):.4f}", f"{np.max(total):.4f}"])
+    return tables.format_table(["stage", "mean s/chunk", "max"], rows)
 
 
 def memory_table(memory: list[dict[str, float]], full_tokens_per_chunk: int, bytes_per_token: float) -> str:
     """Memory per chunk next to what a full cache would hold, and the reduction factor."""
-    rows = [f"{'chunk':>6}{'tokens kept':>13}{'MiB kept':>10}{'full-cache MiB':>16}{'reduction':>11}"]
+    rows = []
     for i, m in enumerate(memory):
         full = (i + 1) * full_tokens_per_chunk * bytes_per_token / 2 ** 20
         kept = m["used_bytes"] / 2 ** 20
-        rows.append(f"{i:>6}{m['tokens']:>13}{kept:>10.3f}{full:>16.3f}{full / max(kept, 1e-12):>10.1f}x")
-    return "\n".join(rows)
+        rows.append([i, m["tokens"], f"{kept:.3f}", f"{full:.3f}", f"{full / max(kept, 1e-12):.1f}x"])
+    return tables.format_table(["chunk", "tokens kept", "MiB kept", "full-cache MiB", "reduction"], rows)
 
 
 # ----- CLI --------------------------------------------------------------------------------------------------
@@ -376,21 +375,17 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
+    from wam_jax.data import make_iterator, prepare_batch
+    from wam_jax.experiment import Experiment
     from wam_jax.models import latents as latent_codecs
-    from wam_jax.data import ActionNorm, make_iterator
-    from wam_jax.data import prepare_batch
 
-    from wam_jax.training.objective import FlowConfig
-    wan, wam = wam_lib.build_configs(config)
-    sampler = SamplerConfig.from_config(config.sampler)
-    check_sampler_covered(FlowConfig.from_config(config.flow), sampler, wam.layout)
+    exp = Experiment(config)
+    wam = exp.wam
+    check_sampler_covered(exp.flow, exp.sampler, wam.layout)
     params, step = load_trained_params(args.checkpoint, config, use_ema=not args.raw_params)
-    engine = RolloutEngine(wan, wam, sampler, kv_memory.MemoryConfig.from_config(config.memory))
-    norm = ActionNorm.from_config(config.action_norm)
-    guidance_table = None
-    if config.guidance.enabled:
-        from wam_jax import guidance
-        guidance_table = guidance.intent_table(config)
+    engine = exp.engine()
+    norm = exp.action_norm
+    guidance_table = exp.intent_table
     raw = next(make_iterator(config))
     raw = {k: v[:1] for k, v in raw.items()}
     batch = prepare_batch(raw, config, norm, guidance_table)
@@ -415,7 +410,7 @@ def cli(argv: list[str]) -> int:
     with open(os.path.join(args.out, "trajectory.json"), "w") as fp:
         json.dump({"checkpoint_step": step, "context_chunks": ctx, "planned_chunks": planned.tolist(),
                    "planned_path": path.tolist()}, fp)
-    _plot_paths(os.path.join(args.out, "trajectory.png"), path, ref_path, ctx * wam.waypoints_per_chunk,
+    plot_paths(os.path.join(args.out, "trajectory.png"), path, ref_path, ctx * wam.waypoints_per_chunk,
                 len(reference) * wam.waypoints_per_chunk)
     written = ["trajectory.png", "trajectory.json", "rollout.npz"]
     if latent_codecs.can_decode(config):
@@ -432,7 +427,7 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
-def _plot_paths(path_png, planned, reference, context_points, reference_points):
+def plot_paths(path_png, planned, reference, context_points, reference_points):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

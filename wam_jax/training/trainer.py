@@ -24,9 +24,10 @@ import orbax.checkpoint as ocp
 
 from wam_jax import sharding
 from wam_jax.config import ConfigError, dataclass_from_config, load_config
-from wam_jax.data import ActionNorm, BatchIterator, make_iterator, prepare_batch
+from wam_jax.data import BatchIterator, make_iterator, prepare_batch
+from wam_jax.experiment import Experiment
 from wam_jax.models import wam as wam_lib
-from wam_jax.training.objective import FlowConfig, flow_matching_loss
+from wam_jax.training.objective import flow_matching_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,10 +94,10 @@ class Trainer:
 
     def __init__(self, config, workdir: str, data: BatchIterator | None = None, guidance_table=None):
         self.config, self.workdir = config, os.path.abspath(workdir)
-        self.wan, self.wam = wam_lib.build_configs(config)
-        self.flow = FlowConfig.from_config(config.flow)
-        self.tc = TrainConfig.from_config(config.train)
-        self.action_norm = ActionNorm.from_config(config.action_norm)
+        self.experiment = Experiment(config)
+        self.wan, self.wam = self.experiment.wan, self.experiment.wam
+        self.flow, self.tc = self.experiment.flow, self.experiment.train
+        self.action_norm = self.experiment.action_norm
         self.model = wam_lib.DriveWAM(self.wan, self.wam)
         self.mesh = sharding.make_mesh(dict(config.mesh))
         batch_ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
@@ -104,10 +105,7 @@ class Trainer:
             raise ConfigError(f"train.batch_size={self.tc.batch_size} is not divisible by the data×fsdp mesh size "
                               f"{batch_ways} (mesh {dict(self.mesh.shape)})")
         self.data = data if data is not None else make_iterator(config, jax.process_index(), jax.process_count())
-        self.guidance_table = guidance_table
-        if guidance_table is None and config.guidance.enabled:
-            from wam_jax import guidance
-            self.guidance_table = guidance.intent_table(config)
+        self.guidance_table = self.experiment.intent_table if guidance_table is None else guidance_table
 
         boxed = wam_lib.abstract_params(self.wan, self.wam)
         shapes = nn.unbox(boxed)
