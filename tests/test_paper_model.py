@@ -291,3 +291,19 @@ def test_rope_max_seq_len_bounds_the_positions():
     engine.check_positions(1)
     with pytest.raises(ValueError, match="rope_max_seq_len=5"):
         engine.check_positions(2)
+
+
+def test_paper_experiment_file_and_lr_halvings():
+    from wam_jax.experiment import Experiment
+    from wam_jax.training.trainer import TrainConfig, learning_rate_schedule
+    exp = Experiment(load_config(os.path.join(REPO, "experiments", "drivewam_paper.py")))
+    assert (exp.wan.dim, exp.wan.num_layers, exp.wam.video_tokens(exp.wan), exp.wam.waypoints_per_chunk) == (
+        3072, 30, 112, 40)
+    assert (exp.memory.video_budget, exp.memory.action_budget, exp.memory.tradeoff) == (448, 160, 0.07)
+    assert (exp.train.lr, exp.train.b2, exp.train.weight_decay, exp.train.steps) == (1e-5, 0.95, 0.1, 50_000)
+    navsim = Experiment(load_config(os.path.join(REPO, "experiments", "drivewam_paper.py:bench=navsim")))
+    assert navsim.train.lr_halve_at == (50_000, 70_000, 90_000) and navsim.wam.waypoints_per_chunk == 8
+    schedule = learning_rate_schedule(TrainConfig(steps=100, batch_size=1, lr=1.0, warmup_steps=10,
+                                                  lr_halve_at=(50, 70)))
+    np.testing.assert_allclose([float(schedule(s)) for s in (5, 20, 49, 51, 71, 99)],
+                               [0.5, 1.0, 1.0, 0.5, 0.25, 0.25])

@@ -216,16 +216,19 @@ def test_train_cli_writes_checkpoint_and_tensorboard(tmp_path):
 @pytest.mark.parametrize("spec", ["drivewam_tiny.py:guidance=on,memory=selective,train=actions",
                                   "drivewam_highway.py:guidance=off,memory=selective",
                                   "drivewam_wan21_1_3b.py:clips=4k,guidance=off,init=scratch",
-                                  "drivewam_wan22_5b.py:clips=10k,memory=full,train=actions"])
+                                  "drivewam_wan22_5b.py:clips=10k,memory=full,train=actions",
+                                  "drivewam_paper.py:bench=navsim,guidance=fixed,video_supervision=off,init=scratch,"
+                                  "clips=4k,memory=full", "drivewam_paper.py"])
 def test_every_experiment_file_builds_all_sections(spec):
     from wam_jax.rollout.kv_memory import MemoryConfig
     from wam_jax.training.objective import FlowConfig
-    from wam_jax.rollout.engine import SamplerConfig
+    from wam_jax.rollout.engine import SamplerConfig, check_sampler_covered
     from wam_jax.training.trainer import TrainConfig
     config = load_config(os.path.join(REPO, "experiments", spec))
     wan, wam = wam_lib.build_configs(config)
     FlowConfig.from_config(config.flow), TrainConfig.from_config(config.train)
     SamplerConfig.from_config(config.sampler), MemoryConfig.from_config(config.memory)
+    check_sampler_covered(FlowConfig.from_config(config.flow), SamplerConfig.from_config(config.sampler), wam.layout)
     assert wam.video_tokens(wan) > 0
     with pytest.raises(Exception, match="clipz"):
         load_config(os.path.join(REPO, "experiments", spec.split(":")[0] + ":clipz=1"))

@@ -24,14 +24,18 @@ Dt = text_dim, Df = freq_dim and Pk past (KV-cache) tokens:
       cross q,o      4·B·L·D²
       cross k,v      4·B·Lc·D²
       cross QKᵀ, PV  4·B·D·L·Lx
+      ego q,o        4·B·L·D²                           ego-state cross-attention (one token per chunk)
+      ego k,v        4·B·N·D²
+      ego QKᵀ, PV    4·B·D·L·Le
       FFN            4·B·L·D·Dff
-    heads            2·B·S·N·(Lv·D·P_out + K·D·A)
+    ego embed        2·B·N·(3·D + D²)
+    heads            2·B·S·N·(Lv·D·P_out + K·(D² + D·A))  the action decoder is a 2-layer MLP
 
-Attention is counted two ways. `masked` (useful work; what MFU uses): pairs = S·(Lv+K)²·N(N+1)/2 + L·Pk_valid,
-since a query of chunk n sees its own chunk of its stream and the n earlier clean chunks (see
-`wam.TokenLayout.self_mask`) plus every valid cached token, and Lx = Lg (own chunk's guidance; 1 without).
+Attention is counted two ways. `masked` (useful work; what MFU uses): pairs = `visible_pairs` (a query of chunk
+n sees the n earlier clean chunks and, within its chunk, what `wam.attention_rule` allows for its layout) plus
+L·Pk_valid (every valid cached token); Lx = Lg (own chunk's guidance; 1 without), Le = 1 (own ego token).
 `dense` (what the kernels execute: XLA's and cuDNN's masked attention compute every pair): pairs =
-L·(Pk_slots + L), Lx = Lc. A train step is 3 × forward (backward = 2 × forward); recomputation under remat is
+L·(Pk_slots + L), Lx = Lc, Le = N. A train step is 3 × forward (backward = 2 × forward); recomputation under remat is
 not counted, so MFU here is model FLOPs utilisation, not hardware FLOPs utilisation. Not counted anywhere:
 norms, RoPE, softmax, activations, adaLN modulation and other elementwise work (XLA's cost analysis does count
 it: see tests/test_bench.py for the comparison and its tolerance).
@@ -111,9 +115,11 @@ def flop_breakdown(wan, wam, batch: int, streams: int, chunks: int, *, guidance:
     if attention == "masked":
         pairs = visible_pairs(streams, chunks, per_chunk, k, wam.layout) + seq * valid
         cross_keys = lg if guidance else 1
+        ego_keys = 1
     else:
         pairs = seq * (past_tokens + seq)
         cross_keys = ctx
+        ego_keys = chunks
     b = batch
     out = {
         "patch embed": 2.0 * items * lv * patch * wan.in_channels * d,
@@ -124,8 +130,11 @@ def flop_breakdown(wan, wam, batch: int, streams: int, chunks: int, *, guidance:
         "self-attn QK^T,PV": layers * 4.0 * b * d * pairs,
         "cross-attn q,o,k,v": layers * (4.0 * b * seq * d * d + 4.0 * b * ctx * d * d),
         "cross-attn QK^T,PV": layers * 4.0 * b * d * seq * cross_keys,
+        "ego embed": 2.0 * b * chunks * (3 * d + d * d),
+        "ego-attn q,o,k,v": layers * (4.0 * b * seq * d * d + 4.0 * b * chunks * d * d),
+        "ego-attn QK^T,PV": layers * 4.0 * b * d * seq * ego_keys,
         "FFN": layers * 4.0 * b * seq * d * dff,
-        "heads": 2.0 * items * (lv * d * patch * wan.out_channels + k * d * a),
+        "heads": 2.0 * items * (lv * d * patch * wan.out_channels + k * (d * d + d * a)),
     }
     return out
 
