@@ -192,7 +192,7 @@ def test_init_from_imported_wan(tmp_path):
     config = load_config(TINY + ":init=wan", [f"init_checkpoint={tmp_path / 'ckpt'}"])
     params = jax.device_get(Trainer(config, str(tmp_path / "run")).initial_state().params)
     for group in wam_lib.WAN_PARAM_GROUPS:
-        assert _params_equal(wam_lib._without_ego(params[group]), wan_params[group]), group
+        assert _params_equal(wam_lib.without_ego(params[group]), wan_params[group]), group
     assert _params_equal(params["action_time"]["time_proj"], wan_params["condition_embedder"]["time_proj"])
     missing = load_config(TINY + ":init=wan", [f"init_checkpoint={tmp_path / 'nope'}"])
     with pytest.raises(FileNotFoundError, match="init_checkpoint"):

@@ -366,18 +366,30 @@ def abstract_params(wan: WanConfig, wam: WamConfig):
     return jax.eval_shape(lambda r: model.init(r, *dummy_inputs(wan, wam))["params"], jax.random.key(0))
 
 
-def _without_ego(tree):
+def without_ego(tree):
     """A params subtree minus the blocks' ego-state branch (what a plain Wan checkpoint holds)."""
     if not isinstance(tree, Mapping):
         return tree
-    return {k: _without_ego(v) for k, v in tree.items() if k not in EGO_BLOCK_PARTS}
+    return {k: without_ego(v) for k, v in tree.items() if k not in EGO_BLOCK_PARTS}
 
 
-def _with_ego(wan_tree, drivewam_tree):
+def ego_only(tree):
+    """The blocks' ego-state branch parts of a params subtree (the same nesting, nothing else)."""
+    if not isinstance(tree, Mapping):
+        return None
+    out = {}
+    for k, v in tree.items():
+        sub = v if k in EGO_BLOCK_PARTS else ego_only(v)
+        if sub:
+            out[k] = sub
+    return out
+
+
+def with_ego(wan_tree, drivewam_tree):
     """wan_tree with the ego-state branch parts of drivewam_tree put back in (kept freshly initialised)."""
     if not isinstance(wan_tree, Mapping):
         return wan_tree
-    out = {k: _with_ego(v, drivewam_tree[k]) for k, v in wan_tree.items()}
+    out = {k: with_ego(v, drivewam_tree.get(k, {})) for k, v in wan_tree.items()}
     out.update({k: v for k, v in drivewam_tree.items() if k in EGO_BLOCK_PARTS})
     return out
 
@@ -388,12 +400,12 @@ def merge_pretrained_wan(params: dict, wan_params: dict) -> dict:
     stay freshly initialised (its zero output projection keeps the video prediction the imported Wan's)."""
     merged = dict(params)
     for group in WAN_PARAM_GROUPS:
-        want = jax.tree.map(lambda x: x.shape, _without_ego(params[group]))
+        want = jax.tree.map(lambda x: x.shape, without_ego(params[group]))
         got = jax.tree.map(lambda x: x.shape, wan_params[group])
         if want != got:
             raise ValueError(f"pretrained Wan params group {group!r} does not fit the DriveWAM config: "
                              f"{got} vs {want}")
-        merged[group] = _with_ego(wan_params[group], params[group])
+        merged[group] = with_ego(wan_params[group], params[group])
     ce = wan_params["condition_embedder"]
     merged["action_time"] = {name: ce[name] for name in ("time_embedder_linear_1", "time_embedder_linear_2",
                                                          "time_proj")}
