@@ -7,7 +7,8 @@
 
 `build` writes a TFDS ArrayRecord dataset under DIR (`DIR/wam_<source>/<name>/<version>/`) and prints that
 directory; pass it (or DIR) as the pipeline's `data_dir`. `--set` overrides any field of the source's builder
-config (see `--help-config`), e.g. `--set num_chunks=2 --set image_size=(128,256)`. `--vae-checkpoint`
+config (see `--help-config`), e.g. `--set num_chunks=2`, or of a nested config such as highway's simulator:
+`--set sim.image_size=(128,256)`. `--vae-checkpoint`
 additionally stores Wan VAE latents of the frames in every clip (`data_pipelines/vae_encode.py`).
 """
 
@@ -83,6 +84,14 @@ def build_main(args: argparse.Namespace) -> int:
         raise SystemExit(f"source {args.source!r} reads real data: pass --src DIR")
     for item in args.set:
         key, sep, text = item.partition("=")
+        head, _, sub = key.partition(".")
+        if sep and sub and dataclasses.is_dataclass(fields.get(head)):   # e.g. --set sim.vehicles=20
+            current = values.get(head, fields[head])
+            inner = {f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
+            if sub not in inner:
+                raise SystemExit(f"--set {item!r}: {head} has no field {sub!r}; fields: {sorted(inner)}")
+            values[head] = dataclasses.replace(current, **{sub: _parse_value(text, inner[sub])})
+            continue
         if not sep or key not in fields:
             import difflib
 

@@ -78,12 +78,13 @@ def bench(data_dir: str, workers: list[int], batch_size: int, seconds: float, ch
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'stage':<22} {'workers':>7} {'items':>7} {'seconds':>8} {'clips/s':>9} {'MB/s':>8}"]
+    from wam_jax.tools import tables
+    body = []
     for r in rows:
         rate = r["items"] / r["seconds"] if r["seconds"] else float("nan")
         mb = r["bytes"] / r["seconds"] / 1e6 if r["seconds"] else float("nan")
-        lines.append(f"{r['stage']:<22} {r['workers']:>7} {r['items']:>7} {r['seconds']:>8.2f} {rate:>9.1f} {mb:>8.1f}")
-    return "\n".join(lines)
+        body.append([r["stage"], r["workers"], r["items"], f"{r['seconds']:.2f}", f"{rate:.1f}", f"{mb:.1f}"])
+    return tables.format_table(["stage", "workers", "items", "seconds", "clips/s", "MB/s"], body)
 
 
 def main(argv: list[str] | None = None) -> int:

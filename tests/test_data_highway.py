@@ -10,8 +10,8 @@ sim = pytest.importorskip("wam_jax.sim.highway")
 
 
 def test_highway_round_trip_matches_an_independent_rollout(tmp_path):
-    config = highway.HighwayConfig(name="tiny", num_clips=2, num_chunks=2, vehicles=8, image_size=(32, 32),
-                                   supersample=1, seed=11)
+    config = highway.HighwayConfig(name="tiny", num_clips=2, num_chunks=2, seed=11,
+                                   sim=sim.HighwaySimConfig(vehicles=8, image_size=(32, 32), supersample=1))
     out = builders.build(highway.WamHighway, config, str(tmp_path))
     clips = {c.clip_id: c for c in pipeline.iter_clips(out)}
     assert len(clips) == 2

@@ -18,3 +18,27 @@ def test_context_matches_the_recorded_chunk_waypoints():
         history = hw.ego_frame_waypoints(episode.poses[hist_idx], episode.poses[t])
         np.testing.assert_allclose(context_waypoints(history), recorded, atol=1e-9)
     assert np.max(np.abs(recorded[:, 1])) > 0.05      # a lateral component exists, so a sign error would show
+
+
+def test_planner_guidance_comes_from_the_guidance_object_and_equals_the_training_table():
+    """The planner asks the experiment's guidance object (scene rules here, a VLM at paper scale) for the chunk's
+    intent; with the scene-rule source that is the row of the intent table the trainer looked up."""
+    from wam_jax.config import load_config
+    from wam_jax.experiment import Experiment
+    from wam_jax.planners.base import Observation
+    from wam_jax.planners.drivewam import DriveWAMPlanner
+
+    config = load_config("experiments/drivewam_highway.py")
+    sim_cfg = Experiment(config).sim
+    planner = DriveWAMPlanner(config, None, sim_cfg)
+    table = Experiment(config).intent_table
+    for command in hw.INTENTS:
+        obs = Observation(time_s=0.0, frames=np.zeros((3, 64, 64, 3), np.uint8), ego=None,
+                          intent=hw.Intent(command, command + ", follow the car ahead"),
+                          pose_history=np.zeros((8, 3)), speed_history=np.zeros(8),
+                          waypoint_times=sim_cfg.waypoint_times)
+        g = np.asarray(planner.chunk_guidance(obs))
+        assert g.shape == (1, 1, *table.shape[1:])
+        np.testing.assert_array_equal(g[0, 0], table[hw.INTENTS.index(command)])
+    off = load_config("experiments/drivewam_highway.py:guidance=off")
+    assert DriveWAMPlanner(off, None, sim_cfg).chunk_guidance(obs) is None

@@ -31,16 +31,18 @@ def _log(msg: str) -> None:
 
 def build_datasets(config, out: str):
     """(train dataset dir, held-out dataset dir); reuses what exists."""
+    import dataclasses
+
     from data_pipelines import builders
     from data_pipelines.sources.highway import HighwayConfig, WamHighway
-    sim, ds = config.sim, config.dataset
-    common = dict(num_chunks=ds.num_chunks, vehicles=sim.vehicles, image_size=tuple(sim.image_size),
-                  heading_up=sim.heading_up, perturb_steering=ds.perturb_steering, perturb_rate_hz=ds.perturb_rate_hz, perturb_s=ds.perturb_s,
-                  frame_hz=sim.frame_hz, chunk_s=sim.chunk_s, waypoints_per_chunk=sim.waypoints_per_chunk,
-                  waypoint_hz=sim.waypoint_hz)
+    from wam_jax.experiment import Experiment
+    ds = config.dataset
+    # The simulator config evaluation drives with, plus noise injection for the recorded demonstrations.
+    sim = dataclasses.replace(Experiment(config).sim, perturb_steering=ds.perturb_steering,
+                              perturb_rate_hz=ds.perturb_rate_hz, perturb_s=ds.perturb_s)
     dirs = []
     for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", 2, ds.heldout_seed)):
-        cfg = HighwayConfig(name=f"demo_{name}", num_clips=clips, seed=seed, **common)
+        cfg = HighwayConfig(name=f"demo_{name}", num_clips=clips, seed=seed, num_chunks=ds.num_chunks, sim=sim)
         start = time.perf_counter()
         path = builders.build(WamHighway, cfg, os.path.join(out, "data" if name == "train" else "heldout"))
         _log(f"[data] {name}: {clips} clips → {path} ({time.perf_counter() - start:.0f} s)")

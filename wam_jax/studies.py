@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from wam_jax.tools import tables
+
 STUDIES = {
     "guidance": [("guidance on", "guidance=on"), ("guidance off", "guidance=off")],
     "memory": [("full cache", "memory=full"), ("selective 3 chunks", "memory=selective")],
@@ -57,10 +59,7 @@ def collect(out: str) -> str:
             rows.append([rec["study"], rec["variant"]] + [fmt.format(agg[key]) for _, key, fmt in COLUMNS])
     if not rows:
         return f"no study results under {out!r}: run `python -m wam_jax.studies run --study NAME` first"
-    header = ["study", "variant"] + [c[0] for c in COLUMNS]
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return tables.format_table(["study", "variant"] + [c[0] for c in COLUMNS], rows, left_columns=2)
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -32,44 +32,29 @@ log = logging.getLogger(__name__)
 INTENT_TO_COMMAND = {"change lane left": 0, "change lane right": 2}
 
 
+def _default_sim():
+    from wam_jax.sim import highway as sim
+
+    return sim.HighwaySimConfig()
+
+
 @dataclasses.dataclass(eq=False)
 class HighwayConfig(builders.ClipBuilderConfig):
+    """`sim` is the simulator's own config (the same object evaluation drives with), so data and closed loop
+    cannot drift apart; `duration_s` and `seed` are set per clip. Noise injection (`sim.perturb_*`) applies to
+    the recorded demonstrations only."""
     num_clips: int = 8
     num_chunks: int = 3
     warmup_s: float = 0.0
     seed: int = 0
-    env_id: str = "highway-v0"
-    lanes: int = 4
-    vehicles: int = 30
-    density: float = 1.0
-    sim_hz: int = 10
-    control_hz: int = 10
-    frame_hz: float = 5.0
-    image_size: tuple[int, int] = (64, 64)
-    scaling: float = 1.5
-    supersample: int = 4
-    chunk_s: float = 4.0
-    waypoints_per_chunk: int = 8
-    waypoint_hz: float = 2.0
-    expert_target_speed: float = 30.0
-    perturb_steering: float = 0.0     # noise injection (see HighwaySimConfig): recovery demonstrations
-    perturb_rate_hz: float = 0.0
-    perturb_s: float = 0.6
-    heading_up: bool = False          # frames rotated with the ego (a car-mounted view), see HighwaySimConfig
+    sim: Any = dataclasses.field(default_factory=_default_sim)   # wam_jax.sim.highway.HighwaySimConfig
     frame_codec: str = "png"
 
 
 def sim_config(config: HighwayConfig, seed: int):
-    from wam_jax.sim import highway as sim
-
-    return sim.HighwaySimConfig(
-        env_id=config.env_id, lanes=config.lanes, vehicles=config.vehicles, density=config.density,
-        sim_hz=config.sim_hz, control_hz=config.control_hz,
-        duration_s=config.warmup_s + config.num_chunks * config.chunk_s + 1.0, frame_hz=config.frame_hz,
-        image_size=tuple(config.image_size), scaling=config.scaling, supersample=config.supersample,
-        chunk_s=config.chunk_s, waypoints_per_chunk=config.waypoints_per_chunk, waypoint_hz=config.waypoint_hz,
-        seed=seed, expert_target_speed=config.expert_target_speed, perturb_steering=config.perturb_steering,
-        perturb_rate_hz=config.perturb_rate_hz, perturb_s=config.perturb_s, heading_up=config.heading_up)
+    """The simulator config of the clip driven from `seed`."""
+    return dataclasses.replace(config.sim, duration_s=config.warmup_s + config.num_chunks * config.sim.chunk_s + 1.0,
+                               seed=seed)
 
 
 def make_clip(config: HighwayConfig, seed: int, env=None) -> schema.ClipRecord | None:
@@ -97,7 +82,7 @@ def make_clip(config: HighwayConfig, seed: int, env=None) -> schema.ClipRecord |
     frames_per_chunk = spc // cfg.steps_per_frame
     return schema.ClipRecord(
         source="highway",
-        clip_id=f"{config.env_id}-seed{seed}",
+        clip_id=f"{cfg.env_id}-seed{seed}",
         timestamps_us=np.round((frame_steps - warmup) * cfg.dt * 1e6).astype(np.int64),
         ego_pose=ego_pose.astype(np.float32),
         ego_velocity=velocity.astype(np.float32),

@@ -60,6 +60,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from wam_jax.tools import tables as table_io
+
 SECTIONS = ("train", "rollout", "torch", "input")
 ENV_VARS = ("XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "JAX_PLATFORMS",
             "CUDA_VISIBLE_DEVICES")
@@ -219,14 +221,8 @@ def xla_forward_flops(wan, wam, batch: int, streams: int, chunks: int, guidance:
 
 # ----- formatting -------------------------------------------------------------------------------------------
 def format_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> str:
-    """Aligned plain text: first column left, the others right."""
-    cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    rule = "-" * len(line(cells[0]))
-    out = [title, rule, line(cells[0]), rule] + [line(r) for r in cells[1:]] + [rule]
-    out += [f"  {n}" for n in notes]
-    return "\n".join(out)
+    """Aligned plain text (`tools.tables`) under a title, with notes."""
+    return table_io.format_table(headers, rows, title=title, notes=notes)
 
 
 def _g(flops: float) -> str:
@@ -832,18 +828,9 @@ def run(argv: Sequence[str], out=None) -> dict:
         results["meta"]["device_memory_end"] = mem
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2, default=_json_default)
+        table_io.write_json(args.json, results, indent=2)
         emit(f"wrote {args.json}")
     return results
-
-
-def _json_default(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    return str(x)
 
 
 def cli(argv: list[str]) -> int:
