@@ -149,9 +149,12 @@ def test_increments_round_trip_recorded_expert_trajectories():
     """Waypoints → increments → waypoints on highway-env expert chunks (the highway source's recordings)."""
     from data_pipelines.sources import highway as source
     from wam_jax.actions import ActionNorm, increments_to_waypoints, waypoints_to_increments
-    clip = source.make_clip(source.HighwayConfig(name="t", num_chunks=3, vehicles=10, image_size=(16, 16), supersample=1,
-                                                 perturb_steering=0.1, perturb_rate_hz=0.5), seed=3)
+    from wam_jax.sim.highway import HighwaySimConfig
+    sim = HighwaySimConfig(vehicles=10, image_size=(16, 16), supersample=1, perturb_steering=0.1,
+                           perturb_rate_hz=0.5)
+    clip = source.make_clip(source.HighwayConfig(name="t", num_chunks=3, sim=sim), seed=3)
     assert clip is not None
+    assert clip.ego_state.shape == (3, 3) and np.all(clip.ego_state[:, 0] > 1.0)      # simulator speed, m/s
     wp = clip.waypoints.astype(np.float64)                               # [N, K, 3]
     assert np.ptp(wp[..., 2]) > 1e-3                                    # the trajectories do turn
     inc = waypoints_to_increments(wp)
