@@ -167,7 +167,7 @@ def test_rollout_cli_end_to_end(tmp_path):
                              "--checkpoint", str(workdir), "--chunks", "3", "--out", str(out)],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    for stage in ("guidance", "video+action denoising", "cache update", "reduction"):
+    for stage in ("guidance", "video denoising", "action denoising", "cache update", "reduction"):
         assert stage in result.stdout
     for name in ("trajectory.png", "trajectory.json", "rollout.npz"):
         assert (out / name).exists()
