@@ -3,13 +3,20 @@
     python -m data_pipelines build --source highway|navsim|physicalai|synthetic --out DIR --clips N
                                    [--src DIR] [--name NAME] [--set field=value ...] [--vae-checkpoint DIR]
                                    [--overwrite]
-    python -m data_pipelines inspect --data DIR
+    python -m data_pipelines inspect --data DIR [--validate]
+    python -m data_pipelines prepare --data DIR [--config experiments/FILE.py[:args]] [--set key=value ...]
 
 `build` writes a TFDS ArrayRecord dataset under DIR (`DIR/wam_<source>/<name>/<version>/`) and prints that
 directory; pass it (or DIR) as the pipeline's `data_dir`. `--set` overrides any field of the source's builder
 config (see `--help-config`), e.g. `--set num_chunks=2`, or of a nested config such as highway's simulator:
 `--set sim.image_size=(128,256)`. `--vae-checkpoint`
-additionally stores Wan VAE latents of the frames in every clip (`data_pipelines/vae_encode.py`).
+additionally stores Wan VAE latents of the frames in every clip (`data_pipelines/vae_encode.py`). An existing
+dataset is reused only if it was built with the same settings (else: an error; `--overwrite` rebuilds it).
+
+`inspect` summarises a dataset and opens every file; `--validate` reads and checks every record (NaN/inf
+included) and prints good/bad counts by kind (exit status 1 if any is bad). `prepare` fits the action
+statistics (and, for a PCA-latent config, the PCA basis) that `train` needs, into the dataset directory
+(`data_pipelines/prepare.py`; `train` does it itself when they are missing).
 """
 
 from __future__ import annotations
@@ -119,10 +126,22 @@ def build_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _problem_kind(err) -> str:
+    text = err.problem
+    if "non-finite" in text:
+        return "non-finite values"
+    if "missing" in text and "file" in text:
+        return "missing file"
+    if any(w in text for w in ("cannot read", "cannot open", "truncated", "corrupted", "empty", "not a clip")):
+        return "unreadable (truncated/corrupted)"
+    return "schema (fields, shapes, dtypes)"
+
+
 def inspect_main(args: argparse.Namespace) -> int:
+    import collections
     import json
 
-    from data_pipelines import pipeline
+    from data_pipelines import pipeline, schema
 
     pipe = pipeline.make_pipeline({"data_dir": args.data, "split": args.split, "batch_size": 1, "shard_index": 0,
                                    "shard_count": 1, "drop_remainder": False})
@@ -131,15 +150,58 @@ def inspect_main(args: argparse.Namespace) -> int:
     print(f"spec:     {json.dumps(pipe.spec)}")
     if pipe.intent_vocab:
         print(f"intents:  {list(pipe.intent_vocab)}")
-    for i, clip in enumerate(pipeline.iter_clips(args.data, args.split, decode_frames=False)):
-        if i >= args.show:
-            break
+    # Every file is opened (cheap: its header), so a missing or truncated file shows without --validate.
+    broken = []
+    for path, expected in pipe.source.files:
+        try:
+            pipe.source._reader(path, expected, 0)
+        except schema.RecordError as e:
+            broken.append(e)
+    bad_shown = 0
+    for i in range(min(args.show, len(pipe.source))):
+        try:
+            clip = schema.deserialize_clip(pipe.source.read(i), decode_frames=False, spec=pipe.spec)
+        except schema.RecordError as e:
+            e = e if e.file is not None else e.at(*pipe.source.locate(i))
+            print(f"  [{i}] BAD: {e}")
+            bad_shown += 1
+            continue
         print(f"  [{i}] {clip.source}/{clip.clip_id} T={clip.num_frames} N={clip.num_chunks} "
               f"command={clip.command.tolist()} intent={clip.intent}")
-    return 0
+    for e in broken:
+        print(f"BAD file: {e}")
+    if not args.validate:
+        if broken or bad_shown:
+            print("the dataset is damaged; `--validate` counts the bad records")
+            return 1
+        print("(files open; `--validate` reads and checks every record)")
+        return 0
+    counts: collections.Counter = collections.Counter()
+    examples: dict[str, str] = {}
+    for i in range(len(pipe.source)):
+        try:
+            schema.deserialize_clip(pipe.source.read(i), decode_frames=True, spec=pipe.spec)
+            counts["good"] += 1
+        except schema.RecordError as e:
+            e = e if e.file is not None else e.at(*pipe.source.locate(i))
+            kind = _problem_kind(e)
+            counts[kind] += 1
+            examples.setdefault(kind, str(e))
+    bad = sum(n for k, n in counts.items() if k != "good")
+    print(f"validate: {counts['good']} good, {bad} bad of {len(pipe.source)} records")
+    for kind, n in sorted(counts.items()):
+        if kind != "good":
+            print(f"  {n} {kind}, e.g. {examples[kind]}")
+    return 1 if bad else 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from wam_jax import cli as wam_cli
+
+    return wam_cli.user_errors(_main)(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_pipelines", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write a clip dataset (TFDS ArrayRecord)")
@@ -158,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--data", required=True)
     i.add_argument("--split", default="train")
     i.add_argument("--show", type=int, default=3)
+    i.add_argument("--validate", action="store_true", help="read and check every record; exit 1 if any is bad")
+    p = sub.add_parser("prepare", help="fit action statistics (and a PCA latent basis) for training")
+    p.add_argument("--data", required=True, help="dataset directory `build` printed (or a dir above it)")
+    p.add_argument("--refit", action="store_true", help="fit again even if the dataset holds the results")
+    from wam_jax import cli as wam_cli
+
+    wam_cli.add_config_args(p)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -165,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.clips == 0 and args.source in ("highway", "synthetic") and not args.help_config:
             raise SystemExit(f"--clips N is required for source {args.source!r}")
         return build_main(args)
+    if args.command == "prepare":
+        from data_pipelines import prepare
+
+        return prepare.prepare_main(args)
     return inspect_main(args)
 
 

@@ -61,6 +61,10 @@ class ClipDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         # module inside a package also needs `importlib_resources`, which we do not depend on.)
         return None
 
+    def _log_download_bytes(self) -> None:
+        # TFDS prints "Downloading and preparing dataset ..." here; these builders download nothing.
+        return None
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
@@ -144,6 +148,9 @@ def build(builder_cls: type[ClipDatasetBuilder], config: ClipBuilderConfig, out_
     ArrayRecord files (default: TFDS picks by size)."""
     tfds.disable_progress_bar()
     builder = builder_cls(config=config, data_dir=os.fspath(out_dir), file_format="array_record")
+    _remove_leftovers(os.fspath(builder.data_path))
+    if not overwrite:
+        _check_same_settings(os.fspath(builder.data_path), config)
     builder.clip_transform = clip_transform
     builder.intent_vocab = intent_vocab
     builder.progress = progress
@@ -152,3 +159,40 @@ def build(builder_cls: type[ClipDatasetBuilder], config: ClipBuilderConfig, out_
         download_mode=(tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
                        else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)))
     return os.fspath(builder.data_path)
+
+
+class BuildError(ValueError):
+    """A build cannot go ahead as asked (an existing dataset was built with other settings)."""
+
+
+# Config fields that do not change what is written (paths, documentation).
+_SETTINGS_IGNORED = ("name", "description", "src_dir", "release_notes", "supported_versions", "tags", "version")
+
+
+def _check_same_settings(data_path: str, config: ClipBuilderConfig) -> None:
+    """An existing dataset is reused only when it was built with the same settings."""
+    meta_path = os.path.join(data_path, "metadata.json")
+    if not os.path.exists(os.path.join(data_path, "dataset_info.json")):
+        return
+    import json
+    try:
+        with open(meta_path) as f:
+            stored = json.load(f).get("builder_config", {})
+    except (OSError, ValueError):
+        stored = {}
+    asked = _config_json(config)
+    differ = [f"{k}: built with {stored.get(k)!r}, asked for {asked.get(k)!r}" for k in sorted(set(asked) | set(stored))
+              if k not in _SETTINGS_IGNORED and stored.get(k) != asked.get(k)]
+    if differ:
+        raise BuildError(f"{data_path} already holds a dataset built with other settings ({'; '.join(differ)}); "
+                         "pass --overwrite to rebuild it, or choose another --out or --name")
+
+
+def _remove_leftovers(data_path: str) -> None:
+    """Removes the `incomplete.*` folders that TFDS leaves when a build is killed."""
+    import glob
+    import shutil
+    parent = os.path.dirname(data_path.rstrip("/"))
+    for leftover in glob.glob(os.path.join(parent, "incomplete.*")):
+        log.warning("removing %s, left behind by an interrupted build", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import logging
 import os
@@ -75,6 +76,7 @@ class PipelineConfig:
     worker_buffer_size: int = 2       # batches buffered per worker
     read_threads: int = 2             # threads reading/decoding per process
     skip_bad_records: bool = False
+    max_bad_records: int = 100        # with skip_bad_records: more distinct bad records than this stop reading
     inputs: str = "auto"              # auto (latents if present, else frames) | frames | latents | both
     image_size: tuple[int, ...] = ()  # (H, W) to resize frames to; () keeps the stored size
     intent_vocab: tuple[str, ...] = ()  # () → the dataset's metadata vocabulary
@@ -497,6 +499,11 @@ class ClipPipeline:
                     self.skipped_records.add((file, index))
                     log.warning("skipped bad record %s record %d: %s (skipped so far: %d)", file, index, problem,
                                 self.num_skipped)
+            limit = self.config.max_bad_records
+            if limit and len(self.skipped_records) > limit:
+                raise PipelineError(f"more than max_bad_records={limit} bad records skipped in {self.dataset_dir} "
+                                    f"(last: {file} record {index}: {problem}); the dataset is damaged: check it with "
+                                    "`python -m data_pipelines inspect --validate --data DIR`")
 
     def skip_report(self) -> str:
         return (f"{self.num_skipped} example(s) skipped from {len(self.skipped_records)} bad record(s)"
@@ -522,7 +529,8 @@ class ClipPipeline:
         if c.num_workers > 0:
             _absl_flags_ready()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=c.num_workers,
-                                                             per_worker_buffer_size=c.worker_buffer_size))
+                                                             per_worker_buffer_size=c.worker_buffer_size),
+                                worker_init_fn=functools.partial(_die_with_parent, parent_pid=os.getpid()))
         return it
 
     def iterator(self, state: Mapping[str, Any] | bytes | str | None = None) -> BatchIterator:
@@ -531,6 +539,35 @@ class ClipPipeline:
         if state is not None:
             it.set_state(state)
         return it
+
+
+def _die_with_parent(worker_index: int = 0, worker_count: int = 0, parent_pid: int | None = None) -> None:
+    """Runs in each grain worker process: exits it as soon as the trainer (`parent_pid`, captured in the trainer
+    when the pipeline starts, so a worker still importing when the trainer dies knows whom to watch) is gone; a
+    SIGKILLed trainer would otherwise leave its workers running, holding their memory. Polling, not
+    PR_SET_PDEATHSIG: that signal fires when the parent *thread* that started the worker ends."""
+    del worker_index, worker_count
+    parent = parent_pid or os.getppid()
+    started_under = os.getppid()
+
+    def gone() -> bool:
+        if started_under == parent and os.getppid() != parent:     # re-parented: the trainer died
+            return True
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+
+    def watch():
+        import time
+        while not gone():
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="wam-die-with-parent", daemon=True).start()
 
 
 def _absl_flags_ready() -> None:

@@ -154,6 +154,14 @@ def _shape_error(name: str, got: Sequence[int], want: str) -> RecordError:
     return RecordError(f"field {name!r} has shape {tuple(got)}, expected {want}")
 
 
+def _check_finite(name: str, value: np.ndarray) -> None:
+    bad = ~np.isfinite(value)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise RecordError(f"field {name!r} has {int(bad.sum())} non-finite value(s) (NaN/inf), the first "
+                          f"{value[first]} at index {list(first)}")
+
+
 def validate_clip(clip: ClipRecord, spec: Mapping[str, Any] | None = None) -> ClipRecord:
     """Checks version, dtypes, shapes and their mutual consistency; with `spec`, also the dataset's shapes.
 
@@ -174,6 +182,10 @@ def validate_clip(clip: ClipRecord, spec: Mapping[str, Any] | None = None) -> Cl
         raise RecordError(f"field 'frames' must be a uint8 array, got {getattr(clip.frames, 'dtype', type(clip.frames))}")
     if clip.frames is None and clip.latents is None:
         raise RecordError("clip has neither 'frames' nor 'latents'")
+    for name, dtype in _ARRAY_DTYPES.items():
+        value = getattr(clip, name)
+        if value is not None and np.issubdtype(dtype, np.floating):
+            _check_finite(name, value)
 
     t = clip.timestamps_us.shape[0] if clip.timestamps_us.ndim == 1 else -1
     if t < 1:

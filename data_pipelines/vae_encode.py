@@ -45,7 +45,7 @@ def load_vae(checkpoint_dir: str):
     if not isinstance(meta.get("config"), dict):
         raise ValueError(f"{checkpoint_dir}/meta.json has no VAE 'config' (diffusers AutoencoderKLWan keys); "
                          "write it with `python -m wam_jax import-vae`")
-    params, _ = checkpoint.load_params(checkpoint_dir)
+    params, _ = checkpoint.load_params_checkpoint(checkpoint_dir)
     return params, vae.WanVAEConfig.from_diffusers(meta["config"])
 
 

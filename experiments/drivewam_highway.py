@@ -5,20 +5,20 @@ Data: expert (IDM + MOBIL) clips rendered as 64×64 ego-centred frames at 5 Hz, 
 word_hash text encoder. Latents: space-to-depth pixel blocks projected on their principal components (a
 linear autoencoder fit on the training frames). Model: a small Wan-architecture DiT trained from scratch.
 
-Ablations as arguments, e.g. `:guidance=off`, `:memory=selective`, `:steps=4000`, `:clips=200`.
+Ablations as arguments, e.g. `:guidance=off`, `:memory=selective` (or fifo, full), `:steps=4000`, `:clips=200`.
 """
 
 import ml_collections
 
 from data_pipelines import pipeline
 from wam_jax import experiment as base
-from wam_jax.config import parse_arg
+from wam_jax.config import one_of, parse_arg
 from wam_jax.models.presets import wan_model_config
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, guidance="on", memory="full", steps=3000, clips=40, data_dir="out/demo/data", seed=0,
-                    init="scratch", layers=3)
+    arg = parse_arg(arg, guidance=one_of("on", "off"), memory=one_of("full", "selective"), steps=3000, clips=40, data_dir="out/demo/data", seed=0,
+                    init=one_of("scratch", "wan"), layers=3)
     c = ml_collections.ConfigDict()
     c.seed = arg.seed
     s2d, stride = 8, 10
@@ -31,8 +31,10 @@ def get_config(arg=None):
     c.chunks = 2                     # one context chunk + one predicted chunk per training example
     c.init = arg.init
     c.init_checkpoint = ""
-    # Per-step increment statistics; `make demo` refits them on the built dataset before training.
-    c.action_norm = dict(mean=[[12.0, 0.0, 0.0]] * 8, std=[[3.0, 0.5, 0.02]] * 8, representation="increments")
+    # Per-step increment statistics: placeholders that `train` (data_pipelines/prepare.py) replaces by the built
+    # dataset's (from_data=True); the run's saved config.json holds the fitted values.
+    c.action_norm = dict(mean=[[12.0, 0.0, 0.0]] * 8, std=[[3.0, 0.5, 0.02]] * 8, representation="increments",
+                         from_data=True)
     c.flow = base.flow(action_weight=2.0, loss_from_chunk=1)    # the paper's objective, β_a = 2 (paper: 1)
     c.train = base.train(arg.steps, 8, lr=1e-3, warmup_steps=100, end_lr_ratio=0.05, b2=0.99, ema_decay=0.995,
                          keep_checkpoints=2, log_every=250)

@@ -6,13 +6,14 @@ Ablations as arguments, e.g. `experiments/drivewam_tiny.py:guidance=off,init=scr
 import ml_collections
 
 from wam_jax import experiment as base
-from wam_jax.config import parse_arg
+from wam_jax.config import one_of, parse_arg
 from wam_jax.models.presets import wan_model_config
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, guidance="off", init="scratch", context="teacher_forcing", steps=300, chunks=3,
-                    train="all", data="synthetic", memory="full")
+    arg = parse_arg(arg, guidance=one_of("off", "on"), init=one_of("scratch", "wan"),
+                    context=one_of("teacher_forcing", "diffusion_forcing"), steps=300, chunks=3,
+                    train=one_of("all", "actions"), data=one_of("synthetic", "tfds"), memory=one_of("full", "selective"))
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = wan_model_config("tiny", num_attention_heads=2, attention_head_dim=24, num_layers=2, ffn_dim=128,

@@ -11,16 +11,17 @@ Prepare once (local paths; nothing is downloaded):
 Train:
   python -m wam_jax train --config experiments/drivewam_wan21_1_3b.py:clips=100k
 
-Arguments (the paper's ablations): guidance=on|off, memory=full|selective, init=wan|scratch,
+Arguments (the paper's ablations): guidance=on|off, memory=full|fifo|selective, init=wan|scratch,
 clips=4k|10k|100k (selects data_root/clips_<n>), train=all|actions, data_root=DIR.
 """
 
 from wam_jax import experiment as base
-from wam_jax.config import parse_arg
+from wam_jax.config import one_of, parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, guidance="on", memory="selective", init="wan", clips="100k", train="all",
+    arg = parse_arg(arg, guidance=one_of("on", "off"), memory=one_of("selective", "full"), init=one_of("wan", "scratch"),
+                    clips=one_of("100k", "10k", "4k"), train=one_of("all", "actions"),
                     data_root="data", steps=100_000, batch=64, wan_checkpoint="ckpt/wan21_13b",
                     vae_checkpoint="ckpt/wan21_vae", text_encoder="/models/Wan2.1-T2V-1.3B-Diffusers")
     # 480×832 frames → Wan 2.1 VAE latents 60×104; 4 latent frames (16 video frames) per 4-s chunk.

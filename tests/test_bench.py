@@ -153,3 +153,25 @@ def test_rollout_and_torch_sections(tmp_path):
 def test_cli_rejects_unknown_section():
     with pytest.raises(SystemExit, match="unknown section"):
         bench.run(["--config", TINY, "--what", "train,nope"], out=io.StringIO())
+
+
+def test_memory_section(tmp_path):
+    """Commit time per pool for three sizes (the growth exponent is fitted and printed), the latency split and
+    KV bytes at 75 chunks for full / fifo / selective."""
+    text, res = _run(tmp_path, "memory", "--memory-budgets", "64,1024,4096")
+    for field in ("KV commit per pool", "growth exponent", "Rollout latency per chunk by memory mode",
+                  "video denoising", "action denoising", "cache update", "KV memory at 75 chunks", "reduction",
+                  "3.07 GB"):
+        assert field in text, field
+    mem = res["memory"]
+    assert mem["pool_commit"]["budgets"] == [64, 1024, 4096]
+    for mode in ("full", "fifo", "selective"):
+        assert len(mem["pool_commit"]["seconds"][mode]) == 3 and min(mem["pool_commit"]["seconds"][mode]) > 0
+        assert mem["pool_commit"]["exponent"][mode]["all"] is not None
+        lat = mem["latency"][mode]
+        assert {"guidance", "video denoising", "action denoising", "cache update"} <= set(lat["stages_s"])
+        assert lat["commit_compiled"]["temp_size_in_bytes"] >= 0
+    kv = mem["kv_bytes"]                      # tiny: 8 + 8 tokens per chunk, budgets 32 + 32, 1 layer, 2 x 24 f32
+    assert kv["full"]["tokens"] == 75 * 16 and kv["selective"]["tokens"] == kv["fifo"]["tokens"] == 64
+    assert kv["full"]["bytes"] == 75 * 16 * 2 * 48 * 4
+    assert kv["selective"]["reduction"] == pytest.approx(75 * 16 / 64)

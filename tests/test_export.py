@@ -202,10 +202,12 @@ def test_export_from_training_run_cli(tmp_path):
     workdir = tmp_path / "run"
     state = jax.device_get(Trainer(config, str(workdir)).run())
 
-    with pytest.raises(ConfigError, match="--config"):      # Trainer.run alone writes no config.json
+    with open(workdir / "config.json") as f:                # written by the run once it has validated
+        assert json.load(f) == json.loads(json.dumps(config.to_dict(), default=str))
+    os.rename(workdir / "config.json", workdir / "saved.json")
+    with pytest.raises(ConfigError, match="--config"):      # without it, export asks for the config
         export_checkpoint(str(workdir), str(tmp_path / "x"))
-    with open(workdir / "config.json", "w") as f:           # as `python -m wam_jax train` writes it
-        json.dump(config.to_dict(), f, indent=2, default=str)
+    os.rename(workdir / "saved.json", workdir / "config.json")
 
     out = tmp_path / "ema"
     result = subprocess.run([sys.executable, "-m", "wam_jax", "export", "--checkpoint", str(workdir), "--out", str(out),

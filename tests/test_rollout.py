@@ -1,4 +1,5 @@
-"""Rollout: KV cache == recomputation, selective memory (unlimited == full, bounded over 75 chunks),
+"""Rollout: KV cache == recomputation, KV memory (bounded with room == full bitwise, constant over 75 chunks,
+full raises past its slots, the commit donates the cache),
 temporally localized guidance, CLI end to end."""
 
 import dataclasses
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from wam_jax.rollout import kv_memory
-from wam_jax.config import load_config
+from wam_jax.config import ConfigError, load_config
 from wam_jax.models import wam as wam_lib
 from wam_jax.rollout.engine import RolloutEngine, SamplerConfig, chain_waypoints, multirate_grid, run_rollout
 
@@ -71,55 +72,60 @@ def test_cached_rollout_equals_uncached_recomputation(model, schedule, solver):
         np.testing.assert_allclose(result.actions[:, c], ref_a, rtol=1e-4, atol=1e-4)
 
 
-def test_selective_memory_with_unlimited_budget_equals_full_cache(model):
+@pytest.mark.parametrize("mode", ["selective", "fifo"])
+def test_bounded_memory_with_room_for_everything_equals_full_cache(model, mode):
+    """Budgets covering the whole rollout: the same cache rows in the same slots, so the same samples bitwise."""
     wan, wam, params = model
     video, actions = _context(wan, wam)
     sampler = SamplerConfig(video_steps=2, action_steps=2)
-    lv = wam.video_tokens(wan)
+    lv, k = wam.video_tokens(wan), wam.waypoints_per_chunk
     full = RolloutEngine(wan, wam, sampler, kv_memory.MemoryConfig(mode="full", max_chunks=6))
-    sel = RolloutEngine(wan, wam, sampler, kv_memory.MemoryConfig(mode="selective", video_budget=6 * lv,
-                                                                  action_budget=6 * wam.waypoints_per_chunk))
+    bounded = RolloutEngine(wan, wam, sampler, kv_memory.MemoryConfig(mode=mode, video_budget=6 * lv,
+                                                                      action_budget=6 * k))
     a = run_rollout(full, params, video, actions, 5, jax.random.key(2))
-    b = run_rollout(sel, params, video, actions, 5, jax.random.key(2))
-    np.testing.assert_allclose(a.actions, b.actions, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(a.video, b.video, rtol=1e-5, atol=1e-5)
+    b = run_rollout(bounded, params, video, actions, 5, jax.random.key(2))
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_array_equal(a.video, b.video)
     assert [m["tokens"] for m in a.memory] == [m["tokens"] for m in b.memory]
 
 
-def test_budget_bounds_memory_over_75_chunks(model):
+@pytest.mark.parametrize("mode", ["selective", "fifo"])
+def test_budget_bounds_memory_over_75_chunks(model, mode):
     wan, wam, params = model
     video, actions = _context(wan, wam, batch=1)
     lv, k = wam.video_tokens(wan), wam.waypoints_per_chunk
-    mem = kv_memory.MemoryConfig(mode="selective", video_budget=3 * lv, action_budget=3 * k, recent_chunks=1)
+    mem = kv_memory.MemoryConfig(mode=mode, video_budget=3 * lv, action_budget=3 * k)
     engine = RolloutEngine(wan, wam, SamplerConfig(video_steps=1, action_steps=1), mem)
     result = run_rollout(engine, params, video, actions, 74, jax.random.key(0))
     tokens = [m["tokens"] for m in result.memory]
     assert len(tokens) == 75
-    assert max(tokens) == 3 * (lv + k)                           # the pools fill up ...
-    assert all(t == tokens[-1] for t in tokens[3:])              # ... and stay constant
-    allocated = {m["allocated_bytes"] for m in result.memory}
-    assert len(allocated) == 1
-    full_tokens = 75 * (lv + k)
-    assert full_tokens / tokens[-1] == 25.0                      # reduction vs a full cache at 75 chunks
-    assert np.all(np.isfinite(result.actions))
+    assert tokens[:3] == [(lv + k) * (c + 1) for c in range(3)]    # the pools fill up ...
+    assert all(t == 3 * (lv + k) for t in tokens[3:])             # ... and stay constant
+    assert len({m["allocated_bytes"] for m in result.memory}) == 1
+    assert 75 * (lv + k) / tokens[-1] == 25.0                     # reduction vs a full cache at 75 chunks
+    assert np.all(np.isfinite(result.actions)) and np.all(np.isfinite(result.video))
 
 
-def test_selection_keeps_recent_and_drops_duplicates():
-    """MMR on hand-made keys: the forced (recent) token is kept; of two identical keys only one survives."""
-    keys = jnp.asarray([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
-    relevance = jnp.asarray([0.9, 0.9, 0.1, 0.5])
-    valid = jnp.asarray([True, True, True, True])
-    forced = jnp.asarray([False, False, True, False])
-    idx, ok = kv_memory._mmr_select(keys, relevance, valid, forced, 2, tradeoff=0.5)
-    assert bool(ok.all())
-    assert int(idx[0]) == 2                  # forced first
-    assert int(idx[1]) in (0, 1)             # most relevant next
-    # Third pick, redundancy weighted 0.7: token 3 (less relevant, but new) beats the duplicate of token 0.
-    idx3, _ = kv_memory._mmr_select(keys, relevance, valid, forced, 3, tradeoff=0.3)
-    assert np.asarray(idx3).tolist() == [2, 0, 3]
-    # With relevance weighted heavily the duplicate wins instead (the trade-off is live).
-    idx3_rel, _ = kv_memory._mmr_select(keys, relevance, valid, forced, 3, tradeoff=0.9)
-    assert np.asarray(idx3_rel).tolist() == [2, 0, 1]
+def test_full_cache_raises_once_the_rollout_outgrows_it(model):
+    wan, wam, params = model
+    video, actions = _context(wan, wam, batch=1)
+    engine = RolloutEngine(wan, wam, SamplerConfig(video_steps=1, action_steps=1),
+                           kv_memory.MemoryConfig(mode="full", max_chunks=3))
+    run_rollout(engine, params, video, actions, 2, jax.random.key(0))           # 3 chunks: fits
+    with pytest.raises(ConfigError, match=r"committing chunk 3 .* memory.max_chunks=3"):
+        run_rollout(engine, params, video, actions, 3, jax.random.key(0))
+
+
+def test_commit_consumes_the_old_cache(model):
+    """The commit donates the cache: its buffers are reused for the new one, not copied next to it."""
+    wan, wam, params = model
+    video, actions = _context(wan, wam, batch=1)
+    for mode in ("full", "selective"):
+        engine = RolloutEngine(wan, wam, SamplerConfig(video_steps=1, action_steps=1),
+                               kv_memory.MemoryConfig(mode=mode, max_chunks=4, video_budget=16, action_budget=16))
+        cache = engine.init_cache(1)
+        new = engine.commit(params, cache, 0, jnp.asarray(video[:, 0]), jnp.asarray(actions[:, 0]), None)
+        assert cache["k"].is_deleted() and cache["v"].is_deleted() and not new["k"].is_deleted()
 
 
 def test_intent_change_only_reaches_later_chunks_through_the_past(model):
@@ -173,4 +179,4 @@ def test_rollout_cli_end_to_end(tmp_path):
         assert (out / name).exists()
     missing = subprocess.run([sys.executable, "-m", "wam_jax", "rollout", "--config", TINY, "--checkpoint",
                               str(tmp_path / "nope")], capture_output=True, text=True, cwd=REPO)
-    assert missing.returncode != 0 and "no training checkpoints" in missing.stderr
+    assert missing.returncode == 2 and "no checkpoint at" in missing.stderr and missing.stderr.count("\n") == 1

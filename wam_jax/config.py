@@ -26,32 +26,69 @@ def _suggest(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def _parse_value(text: str, default: Any = None) -> Any:
-    """Parses a command-line value as a Python literal, falling back to the raw string."""
+class Choice:
+    """An enumerated experiment argument: `parse_arg(arg, guidance=one_of("off", "on"))`; the first is the default."""
+
+    def __init__(self, *choices: str):
+        if not choices:
+            raise ValueError("one_of needs at least one choice")
+        self.choices = tuple(choices)
+
+    def __repr__(self):
+        return f"one_of{self.choices}"
+
+
+def one_of(*choices: str) -> Choice:
+    return Choice(*choices)
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", tuple: "a tuple",
+            list: "a list"}.get(type(value), type(value).__name__)
+
+
+def _parse_value(text: str, default: Any = None, name: str = "value") -> Any:
+    """Parses a command-line value against the type of `default` (None: any Python literal, else the raw string).
+    A value of the wrong type is a ConfigError naming `name`."""
+    if isinstance(default, Choice):
+        if text not in default.choices:
+            raise ConfigError(f"{name}={text!r} unknown; choose one of {list(default.choices)}")
+        return text
     if isinstance(default, bool):
         lowered = text.lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"expected a boolean, got {text!r}")
+        raise ConfigError(f"{name}={text!r}: expected a boolean (true/false)")
+    if isinstance(default, str):
+        return text
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(default, str) and not isinstance(value, str):
-        value = text
-    return value
+    if default is None:
+        return value
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(default, (tuple, list)) and isinstance(value, (tuple, list)):
+        return type(default)(value)
+    if isinstance(default, (dict, ml_collections.ConfigDict)) and isinstance(value, dict):
+        return value
+    if type(default) not in (int, float, tuple, list, dict, ml_collections.ConfigDict):
+        return value      # other defaults (rare): take the literal as written
+    raise ConfigError(f"{name}={text!r}: expected {_type_name(default)} (the default is {default!r})")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-    """Parses `key=value,key2=value2` (big_vision style) against known defaults.
+    """Parses `key=value,key2=value2` (big_vision style) against known defaults, each value of its default's type;
+    a default `one_of(a, b, ...)` is an enumeration (default a).
 
     A bare word `foo` is shorthand for `foo=True` when `foo` is a boolean default.
     """
-    result = dict(defaults)
+    result = {k: (v.choices[0] if isinstance(v, Choice) else v) for k, v in defaults.items()}
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -62,13 +99,17 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
                 raise ConfigError(f"config argument {key!r} needs a value ({key}=...)")
             result[key] = True
         else:
-            result[key] = _parse_value(value.strip(), defaults[key])
+            result[key] = _parse_value(value.strip(), defaults[key], f"config argument {key}")
     return ml_collections.ConfigDict(result)
 
 
 def _load_module(path: str):
     if not os.path.exists(path):
         raise ConfigError(f"config file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError(f"--config {path!r} is a folder; pass one experiment file, e.g. experiments/drivewam_tiny.py")
+    if not path.endswith(".py"):
+        raise ConfigError(f"--config {path!r} is not a Python experiment file (experiments/<name>.py[:args])")
     spec = importlib.util.spec_from_file_location(f"wam_experiment_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
@@ -94,9 +135,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
             if depth < len(parts) - 1:
                 node = node[part]
         old = node[parts[-1]]
-        value = _parse_value(text, old)
-        with config.unlocked() if isinstance(config, ml_collections.ConfigDict) else _nullcontext():
-            node[parts[-1]] = value
+        value = _parse_value(text, old, f"--set {key.strip()}")
+        try:
+            with config.unlocked() if isinstance(config, ml_collections.ConfigDict) else _nullcontext():
+                node[parts[-1]] = value
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"--set {key.strip()}={text!r}: {e}") from None
     return config
 
 
@@ -116,6 +160,21 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
     apply_overrides(config, overrides)
+    config.lock()
+    return config
+
+
+def load_saved_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """A run's saved WORKDIR/config.json (written by `train` after validation), with overrides, locked."""
+    import json
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is not a readable config ({e})") from None
+    config = apply_overrides(ml_collections.ConfigDict(data), overrides)
     config.lock()
     return config
 

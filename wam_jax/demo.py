@@ -13,13 +13,14 @@ Reruns reuse the dataset and the finished training run in OUT (deterministic: sa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import time
 
 import numpy as np
+
+from wam_jax import cli as wam_cli
 
 EXPERIMENT = "experiments/drivewam_highway.py"
 EVAL_SEED = 50_000          # held-out scenes: training clips come from seeds 0, 1, 2, ...
@@ -29,7 +30,7 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def build_datasets(config, out: str):
+def build_datasets(config, out: str, heldout_clips: int = 2):
     """(train dataset dir, held-out dataset dir); reuses what exists."""
     import dataclasses
 
@@ -41,31 +42,13 @@ def build_datasets(config, out: str):
     sim = dataclasses.replace(Experiment(config).sim, perturb_steering=ds.perturb_steering,
                               perturb_rate_hz=ds.perturb_rate_hz, perturb_s=ds.perturb_s)
     dirs = []
-    for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", 2, ds.heldout_seed)):
+    for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", heldout_clips, ds.heldout_seed)):
         cfg = HighwayConfig(name=f"demo_{name}", num_clips=clips, seed=seed, num_chunks=ds.num_chunks, sim=sim)
         start = time.perf_counter()
         path = builders.build(WamHighway, cfg, os.path.join(out, "data" if name == "train" else "heldout"))
         _log(f"[data] {name}: {clips} clips → {path} ({time.perf_counter() - start:.0f} s)")
         dirs.append(path)
     return dirs
-
-
-def fit_action_norm(data_dir: str, representation: str = "waypoints"):
-    from data_pipelines import pipeline
-    from wam_jax.data import ActionNorm
-    waypoints = np.concatenate([clip.waypoints for clip in pipeline.iter_clips(data_dir, decode_frames=False)])
-    return ActionNorm.fit(waypoints, per_waypoint=True, min_std=0.05, representation=representation)
-
-
-def fit_latent_pca(config, data_dir: str, max_clips: int = 20) -> float:
-    from data_pipelines import pipeline
-    from wam_jax.models import latents
-    clips = []
-    for i, clip in enumerate(pipeline.iter_clips(data_dir)):
-        if i >= max_clips:
-            break
-        clips.append(clip.frames)
-    return latents.fit_pca(np.stack(clips), config, config.latent.pca_path)
 
 
 def imagine_heldout(config, params, heldout_dir: str, out: str, chunks: int = 3) -> dict:
@@ -119,6 +102,18 @@ def _save_png(path: str, image: np.ndarray) -> None:
     iio.imwrite(path, image)
 
 
+def prepare_data(config, out: str, heldout_clips: int = 2):
+    """Builds (or reuses) the datasets next to config.data.data_dir and fills what the config leaves to the data
+    (action statistics, PCA latent basis: `python -m data_pipelines prepare`); returns (train dir, held-out dir)."""
+    from data_pipelines import prepare
+    train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out,
+                                            heldout_clips)
+    with config.unlocked():
+        config.data.data_dir = train_dir
+    prepare.complete_config(config, log=_log)
+    return train_dir, heldout_dir
+
+
 def run(config, out: str, episodes: int, imagine: bool = True, config_name: str = EXPERIMENT,
         overrides=()) -> dict:
     """The whole pipeline on `config` into `out`; returns the closed-loop aggregates (and imagination errors)."""
@@ -129,23 +124,8 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
     from wam_jax.training.trainer import Trainer
 
     os.makedirs(out, exist_ok=True)
-    train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out)
-    norm = fit_action_norm(train_dir, config.action_norm.get("representation", "waypoints"))
-    with config.unlocked():
-        config.data.data_dir = train_dir
-        config.action_norm.mean = norm.mean.tolist()
-        config.action_norm.std = norm.std.tolist()
-    if config.latent.kind == "pca" and not config.latent.pca_path:
-        with config.unlocked():
-            config.latent.pca_path = os.path.join(train_dir, "pca_latents.npz")
-        if not os.path.exists(config.latent.pca_path):
-            explained = fit_latent_pca(config, train_dir)
-            _log(f"[data] PCA latent basis: {config.latent.channels} components explain {explained:.1%} of the "
-                 f"pixel-block variance → {config.latent.pca_path}")
+    train_dir, heldout_dir = prepare_data(config, out)
     workdir = os.path.join(out, "run")
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2, default=str)
 
     start = time.perf_counter()
     _log(f"[train] {config.train.steps} steps, batch {config.train.batch_size} → {workdir}")
@@ -162,12 +142,22 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
     _log(f"[eval] closed loop: {episodes} held-out seeds from {EVAL_SEED}, {cl_cfg.episode_s:g} s each")
     results = cl.evaluate(planners, episodes, EVAL_SEED, sim_cfg, cl_cfg, eval_dir, log=_log)
     cl.write_results(eval_dir, results, {"checkpoint_step": step, "config": config_name,
-                                         "overrides": list(overrides)})
+                                         "overrides": list(overrides), **numerics_environment()})
     _log(f"[eval] done ({time.perf_counter() - start:.0f} s)")
     summary = {"table": cl.format_table(results), "aggregates": {n: cl.aggregate(r) for n, r in results.items()}}
     if imagine:
         summary["imagination"] = imagine_heldout(config, params, heldout_dir, out)
     return summary
+
+
+def numerics_environment() -> dict:
+    """What the numbers depend on besides the seed: XLA:CPU sizes its thread pool from the CPUs this process may
+    use, and its dot products change with it, so tables are bit-identical only for the same CPU count and
+    library versions (docs/PERFORMANCE.md, determinism)."""
+    import jax
+    import jaxlib
+    return {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__}
 
 
 def verdict(aggregates: dict) -> str:
@@ -180,14 +170,14 @@ def verdict(aggregates: dict) -> str:
             f"progress {ours['progress_m']:.0f} m vs {cv['progress_m']:.0f} m).")
 
 
+@wam_cli.user_errors
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/demo")
-    parser.add_argument("--config", default=EXPERIMENT, help="experiment file[:args] (default %(default)s)")
+    wam_cli.add_config_args(parser, config_default=EXPERIMENT)
     parser.add_argument("--episodes", type=int, default=8, help="held-out closed-loop episodes per planner")
     parser.add_argument("--fresh", action="store_true", help="delete OUT first")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     from wam_jax.config import load_config
 
@@ -204,7 +194,8 @@ def cli(argv: list[str]) -> int:
         f"FDE {imagination['fde_m']:.2f} m.",
         f"Outputs in {args.out}: eval/results.txt, eval/*.mp4 + *.png (per episode), real_vs_imagined.mp4/.png, "
         f"imagined_trajectory.png, run/ (checkpoints, tensorboard).",
-        f"Total {time.perf_counter() - t0:.0f} s.",
+        f"Total {time.perf_counter() - t0:.0f} s. Numbers are bit-identical for the same seed, CPU count and "
+        f"library versions: {', '.join(f'{k} {v}' for k, v in numerics_environment().items())}.",
     ]
     text = "\n".join(lines)
     _log(text)

@@ -34,9 +34,12 @@ def sampler(**overrides) -> dict:
     return _section(SamplerConfig, **overrides)
 
 
-def memory(mode: str, video_tokens_per_chunk: int, action_tokens_per_chunk: int, budget_chunks: int = 6,
+def memory(mode: str, video_tokens_per_chunk: int, action_tokens_per_chunk: int, budget_chunks: int = 4,
            **overrides) -> dict:
-    """`full`, or `selective` with pools worth `budget_chunks` chunks of tokens."""
+    """`full` (every token, sized for `max_chunks`), or `fifo` / `selective` pools of `budget_chunks` chunks of
+    tokens per layer (λ and the rest from MemoryConfig). The paper keeps 448 video + 160 action tokens: 4 chunks
+    of its 112 video (one 8×14 latent frame) + 40 action (4 s at 10 Hz) tokens, so 4 chunks is the paper's
+    budget at any token layout."""
     from wam_jax.rollout.kv_memory import MODES, MemoryConfig
     if mode not in MODES:
         raise ConfigError(f"memory={mode!r}: choose one of {MODES}")
@@ -82,7 +85,7 @@ def paper_scale(preset: str, arg, latent_frames: int, latent_height: int, latent
                     vae_checkpoint=arg.vae_checkpoint)
     video_tokens = latent_frames * (latent_height // 2) * (latent_width // 2)
     c.sampler = sampler()
-    c.memory = memory(arg.memory, video_tokens, waypoints, budget_chunks=6, max_chunks=80)
+    c.memory = memory(arg.memory, video_tokens, waypoints, max_chunks=80)      # the paper's 4-chunk budget
     c.rollout = dict(context_chunks=1, chunks=74, video_fps=4.0)
     return c
 

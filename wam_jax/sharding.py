@@ -144,6 +144,14 @@ def fit_shardings(shardings, shapes):
     return jax.tree.map(fit, shardings, shapes)
 
 
+def abstract_params(boxed_tree, mesh: Mesh) -> Any:
+    """ShapeDtypeStructs of a boxed parameter tree (`wam_jax.models.wam.abstract_params`) carrying their mesh
+    shardings: what a checkpoint restore needs to place every parameter, with no model initialised."""
+    shapes = nn.unbox(boxed_tree)
+    shardings = fit_shardings(mesh_shardings(boxed_tree, mesh), shapes)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
 def gather_host_states(state: Any) -> Any:
     """A JSON-able per-process state (a data iterator's position) → what to checkpoint. One process: the state
     itself. Several: {"per_process": [state of process 0, 1, ...]}, all-gathered so that process 0, which writes

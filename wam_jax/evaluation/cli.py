@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+from wam_jax import cli as wam_cli
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m wam_jax eval", description=__doc__.split("\n\n")[0],
@@ -26,10 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=5, help="episodes per planner (seeds seed..seed+episodes-1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/eval", help="output folder: results.txt/json, mp4 videos, png plots")
-    p.add_argument("--config", default=None, help="experiments/FILE.py[:args] with optional sim / closed_loop sections")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override (repeatable), e.g. --set sim.vehicles=20")
-    p.add_argument("--checkpoint", default=None, help="checkpoint folder of the learned (drivewam) planner")
+    wam_cli.add_config_args(p, checkpoint_arg=True,
+                            checkpoint_help="training workdir of the learned (drivewam) planner; its saved config.json "
+                                            "is the default --config")
     p.add_argument("--episode-s", type=float, default=None, help="seconds per episode")
     p.add_argument("--replan-s", type=float, default=None, help="seconds between replans")
     p.add_argument("--intent", choices=("expert", "scene"), default=None, help="where the driving command comes from")
@@ -40,27 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@wam_cli.user_errors
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from wam_jax import planners as planner_table
     from wam_jax.evaluation import closed_loop as cl
     from wam_jax.sim import highway as hw
 
-    experiment = None
     sim_cfg, cl_cfg = hw.HighwaySimConfig(), cl.ClosedLoopConfig()
-    if args.config or args.overrides:
-        from wam_jax.config import ConfigError, load_config
+    experiment = wam_cli.config_from_args(args, run_dir=args.checkpoint, required=False)
+    if experiment is not None:
         from wam_jax.experiment import Experiment
 
-        if not args.config:
-            print("eval: --set needs --config (the overrides apply to an experiment config)", file=sys.stderr)
-            return 2
-        try:
-            experiment = load_config(args.config, args.overrides)
-            sim_cfg, cl_cfg = Experiment(experiment).sim, Experiment(experiment).closed_loop
-        except ConfigError as e:
-            print(f"eval: {e}", file=sys.stderr)
-            return 2
+        built = Experiment(experiment)
+        sim_cfg, cl_cfg = built.sim, built.closed_loop
 
     if args.vehicles is not None:
         sim_cfg = dataclasses.replace(sim_cfg, vehicles=args.vehicles)
@@ -95,7 +89,7 @@ def cli(argv: list[str]) -> int:
     results = cl.evaluate(planners, args.episodes, args.seed, sim_cfg, cl_cfg, out_dir=args.out,
                           checkpoint=args.checkpoint, config=experiment, log=print)
     meta = {"planners": names, "episodes": args.episodes, "seed": args.seed, "checkpoint": args.checkpoint,
-            "config": args.config, "overrides": args.overrides, "sim": dataclasses.asdict(sim_cfg),
+            "config": args.config, "overrides": args.set, "sim": dataclasses.asdict(sim_cfg),
             "closed_loop": dataclasses.asdict(cl_cfg), "wall_s": round(time.time() - start, 2)}
     table = cl.write_results(args.out, results, meta)
     print()

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from wam_jax import checkpoint
+from wam_jax import cli as wam_cli
 from wam_jax.interop import drivewam_format as fmt
 from wam_jax.interop import safetensors_io
 from wam_jax.interop.export import DRIVEWAM_KIND, DTYPES, action_entries
@@ -82,6 +83,7 @@ def import_exported(src: str, dtype: str | None = None,
     return wan, wam, params, doc
 
 
+@wam_cli.user_errors
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax.interop.drivewam_import", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from wam_jax import checkpoint
+from wam_jax import cli as wam_cli
 from wam_jax.config import ConfigError, apply_overrides, load_config
 from wam_jax.interop import drivewam_format as fmt
 from wam_jax.interop.wan_layout import Entry, flax_to_torch, get_path, torch_shape, wan_entries
@@ -126,7 +127,7 @@ class ParamSource:
     def from_orbax(cls, directory: str, prefix: tuple[str, ...] = ()) -> "ParamSource":
         """The subtree at `prefix` of an Orbax PyTree checkpoint, restored leaf by leaf as numpy arrays."""
         checkpointer = ocp.PyTreeCheckpointer()
-        tree = checkpointer.metadata(directory).item_metadata.tree
+        tree = checkpoint.stored_tree(directory)
         for key in prefix:
             if not isinstance(tree, Mapping) or key not in tree:
                 checkpointer.close()
@@ -342,51 +343,27 @@ class ResolvedCheckpoint:
     meta: dict | None = None
 
 
-_EXPECTED = ("expected a training workdir (WORKDIR with checkpoints/<step>/state), its checkpoints/ folder, "
-             "one step folder, or a params checkpoint folder (meta.json + params/)")
-
-
-def _steps(root: str) -> list[int]:
-    if not os.path.isdir(root):
-        return []
-    return sorted(int(d) for d in os.listdir(root) if re.fullmatch(r"\d+", d)
-                  and os.path.isdir(os.path.join(root, d, "state")))
-
-
 def resolve_checkpoint(path: str, step: int | None = None, params: str = "params") -> ResolvedCheckpoint:
-    """Finds what --checkpoint points at; errors say what was expected and what is there."""
+    """Finds what --checkpoint points at (the run layout is checkpoint.resolve's); a training step is checked
+    against its checksums, and without --step a corrupt newest step falls back to the newest intact one."""
     if params not in PARAM_SETS:
         raise ConfigError(f"--params {params!r} unknown; choose one of {sorted(PARAM_SETS)}")
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise checkpoint.CheckpointError(f"no checkpoint at {path!r}: the path does not exist; {_EXPECTED}")
-    if os.path.exists(os.path.join(path, checkpoint.META_FILE)):
+    run = checkpoint.resolve(path)
+    if run.params_dir:
         if step is not None or params != "params":
-            raise ConfigError(f"{path} is a params checkpoint (one set of parameters): --step and --params ema "
-                              "apply to training checkpoints only")
-        orbax_dir = os.path.join(path, checkpoint.PARAMS_DIR)
+            raise ConfigError(f"{run.params_dir} is a params checkpoint (one set of parameters): --step and --params "
+                              "ema apply to training checkpoints only")
+        orbax_dir = os.path.join(run.params_dir, checkpoint.PARAMS_DIR)
         if not os.path.isdir(orbax_dir):
-            raise checkpoint.CheckpointError(f"{path} has {checkpoint.META_FILE} but no {checkpoint.PARAMS_DIR}/ "
-                                             "folder; the checkpoint is incomplete")
-        return ResolvedCheckpoint("params", orbax_dir, (), meta=checkpoint.load_meta(path))
-    prefix = (PARAM_SETS[params],)
-    if os.path.isdir(os.path.join(path, "state")):          # one step folder: WORKDIR/checkpoints/<step>
-        name = os.path.basename(path)
-        if step is not None and str(step) != name:
-            raise ConfigError(f"--step {step} contradicts the step folder {path}")
-        return ResolvedCheckpoint("train", os.path.join(path, "state"), prefix,
-                                  int(name) if name.isdigit() else None, os.path.dirname(os.path.dirname(path)))
-    root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    steps = _steps(root)
-    if not steps:
-        raise checkpoint.CheckpointError(f"no checkpoint at {path!r}: {root} holds no finished training steps "
-                                         f"(folders <step>/state); {_EXPECTED}")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise checkpoint.CheckpointError(f"step {step} is not in {root}; available steps: {steps}")
-    workdir = path if root != path else os.path.dirname(path)
-    return ResolvedCheckpoint("train", os.path.join(root, str(step), "state"), prefix, step, workdir)
+            raise checkpoint.CheckpointError(f"{run.params_dir} has {checkpoint.META_FILE} but no "
+                                             f"{checkpoint.PARAMS_DIR}/ folder; the checkpoint is incomplete")
+        checkpoint.verify_checksums(orbax_dir)
+        return ResolvedCheckpoint("params", orbax_dir, (), meta=checkpoint.load_meta(run.params_dir))
+    if run.step is not None and step is not None and step != run.step:
+        raise ConfigError(f"--step {step} contradicts the step folder {checkpoint.step_dir(run.root, run.step)}")
+    chosen, _ = checkpoint.first_intact(run.root, lambda s: None, run.step if run.step is not None else step)
+    return ResolvedCheckpoint("train", os.path.join(checkpoint.step_dir(run.root, chosen), checkpoint.STATE_ITEM),
+                              (PARAM_SETS[params],), chosen, run.workdir)
 
 
 def _config_for(resolved: ResolvedCheckpoint, config_spec: str | None, overrides: Sequence[str]):
@@ -438,6 +415,7 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * {None: 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9}[match.group(2)])
 
 
+@wam_cli.user_errors
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -446,15 +424,10 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--step", type=int, default=None, help="training step to export (default: the latest)")
     parser.add_argument("--params", default="params", choices=sorted(PARAM_SETS), help="raw or EMA parameters")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="stored tensor dtype")
-    parser.add_argument("--config", default=None, help="experiments/<file>.py[:args] (default: WORKDIR/config.json)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    wam_cli.add_config_args(parser)
     parser.add_argument("--max-shard-size", default="10GB", help="split transformer weights into shards of this size")
     args = parser.parse_args(argv)
-    try:
-        summary = export_checkpoint(args.checkpoint, args.out, args.dtype, args.params, args.config, args.set,
-                                    args.step, parse_size(args.max_shard_size))
-    except (checkpoint.CheckpointError, ConfigError, ExportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    summary = export_checkpoint(args.checkpoint, args.out, args.dtype, args.params, args.config, args.set,
+                                args.step, parse_size(args.max_shard_size))
     print(summary)
     return 0

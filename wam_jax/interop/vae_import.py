@@ -24,6 +24,7 @@ import numpy as np
 from flax import traverse_util
 
 from wam_jax import checkpoint
+from wam_jax import cli as wam_cli
 from wam_jax.interop import safetensors_io
 from wam_jax.models.vae import WanVAEConfig, abstract_params
 
@@ -117,7 +118,7 @@ def convert_vae_state_dict(torch_state: Mapping[str, np.ndarray] | Iterable[tupl
 def read_vae_config(src: str) -> WanVAEConfig:
     path = os.path.join(src, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{src!r} holds no config.json: point --src at the diffusers 'vae' folder")
+        raise checkpoint.CheckpointError(f"{src!r} holds no config.json: point --src at the diffusers 'vae' folder")
     with open(path) as f:
         raw = json.load(f)
     if raw.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
@@ -144,10 +145,11 @@ def load_vae(directory: str) -> tuple[WanVAEConfig, Any]:
     """Loads a checkpoint written by `import_vae` / `import-vae`."""
     meta = checkpoint.load_meta(directory, KIND)
     config = WanVAEConfig.from_diffusers(meta["config"])
-    params, _ = checkpoint.load_params(directory)
+    params, _ = checkpoint.load_params_checkpoint(directory)
     return config, params
 
 
+@wam_cli.user_errors
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax import-vae", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

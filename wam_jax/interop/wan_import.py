@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from wam_jax import checkpoint
+from wam_jax import cli as wam_cli
 from wam_jax.interop import safetensors_io
 from wam_jax.interop.wan_layout import WeightMismatchError, fill_params, wan_entries  # noqa: F401 (re-export)
 from wam_jax.models.wan_dit import WanConfig, abstract_params
@@ -27,7 +28,7 @@ KIND = "wan_transformer"
 def read_diffusers_config(src: str) -> dict[str, Any]:
     path = os.path.join(src, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{src!r} holds no config.json: point --src at the diffusers 'transformer' folder")
+        raise checkpoint.CheckpointError(f"{src!r} holds no config.json: point --src at the diffusers 'transformer' folder")
     with open(path) as f:
         return json.load(f)
 
@@ -53,10 +54,11 @@ def load_wan(directory: str, **numerics) -> tuple[WanConfig, Any]:
     """Loads a checkpoint written by `import_wan` (or the Wan part of an exported/trained model)."""
     meta = checkpoint.load_meta(directory, KIND)
     cfg = WanConfig.from_diffusers(meta["config"], scan_layers=meta.get("scan_layers", True), **numerics)
-    params, _ = checkpoint.load_params(directory)
+    params, _ = checkpoint.load_params_checkpoint(directory)
     return cfg, params
 
 
+@wam_cli.user_errors
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax import-wan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -25,7 +25,8 @@ import numpy as np
 
 from wam_jax import flow_matching as fm
 from wam_jax.rollout import kv_memory
-from wam_jax.config import ConfigError, dataclass_from_config, load_config
+from wam_jax import cli as wam_cli
+from wam_jax.config import ConfigError, dataclass_from_config
 from wam_jax.models import wam as wam_lib
 from wam_jax.tools import tables
 
@@ -135,7 +136,9 @@ class RolloutEngine:
         self.sizes = kv_memory.pool_sizes(memory, wam.video_tokens(wan), wam.waypoints_per_chunk)
         self.stages = stage_grids(sampler)
         self._integrate = jax.jit(self._integrate_impl)
-        self._commit = jax.jit(self._commit_impl)
+        # The old cache is donated: the commit writes the new chunk into its buffers in place, so the old and
+        # the new cache never coexist (the caller must not read a cache after committing into it).
+        self._commit = jax.jit(self._commit_impl, donate_argnums=(1,))
         self._integrate_uncached = jax.jit(self._integrate_uncached_impl)
 
     def check_positions(self, chunk_index: int):
@@ -230,12 +233,10 @@ class RolloutEngine:
 
     def commit(self, params, cache, chunk_index: int, video, actions, guidance, timings: dict | None = None,
                video_t: float = 0.0, ego=None):
-        """Adds a chunk to the memory: its video at τ = video_t (0 observed, `generated_video_time` imagined)
-        and its clean actions."""
-        if self.memory.mode == "full" and chunk_index >= self.memory.max_chunks:
-            raise ValueError(f"chunk {chunk_index} does not fit the full KV cache sized for memory.max_chunks="
-                             f"{self.memory.max_chunks} chunks (0..{self.memory.max_chunks - 1}); raise "
-                             "memory.max_chunks or use memory.mode=selective")
+        """Commits chunk `chunk_index` into `cache`, which is consumed (donated); returns the new cache. The
+        chunk's video enters at τ = video_t (0 observed, `generated_video_time` imagined), its actions clean.
+        A full cache raises once the chunk does not fit its slots."""
+        kv_memory.check_capacity(self.sizes, self.memory, int(chunk_index))
         self.check_positions(chunk_index)
         start = time.perf_counter()
         cache = self._commit(params, cache, jnp.int32(chunk_index), video, jnp.float32(video_t), actions, guidance,
@@ -337,44 +338,28 @@ def memory_table(memory: list[dict[str, float]], full_tokens_per_chunk: int, byt
 
 
 # ----- CLI --------------------------------------------------------------------------------------------------
-def load_trained_params(workdir: str, config, use_ema: bool = True):
-    """Params (EMA by default) of the latest training checkpoint in WORKDIR/checkpoints."""
-    import orbax.checkpoint as ocp
-    from wam_jax.training.trainer import Trainer
-    path = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no training checkpoints at {path!r}: pass the --workdir of a `train` run")
-    manager = ocp.CheckpointManager(path)
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{path!r} holds no checkpoint steps")
-    # Only the trainer's abstract (sharded) state is needed; no data is read and no intent table is built.
-    trainer = Trainer(config, workdir, data=_NoData(), guidance_table=np.zeros((1,)))
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(trainer.abstract_state)))
-    state = restored["state"]
-    return (state.ema_params if use_ema else state.params), step
+def load_trained_params(workdir: str, config, use_ema: bool = True, step: int | None = None):
+    """Params (EMA by default) of the newest intact training step of a run (or of a params checkpoint), placed on
+    the config's mesh; (params, step). No Trainer: the shapes come from the model config alone."""
+    from wam_jax import checkpoint, sharding
+    wan, wam = wam_lib.build_configs(config)
+    abstract = sharding.abstract_params(wam_lib.abstract_params(wan, wam), sharding.make_mesh(dict(config.mesh)))
+    return checkpoint.load_params(workdir, abstract, "ema_params" if use_ema else "params", step)
 
 
-class _NoData:
-    def get_state(self):
-        return {}
-
-    def set_state(self, state):
-        pass
-
-
+@wam_cli.user_errors
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax rollout", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--checkpoint", required=True, help="workdir of a `train` run")
+    wam_cli.add_config_args(parser, checkpoint_arg=True)
     parser.add_argument("--chunks", type=int, default=None, help="chunks to generate (default rollout.chunks)")
     parser.add_argument("--out", default="out/rollout")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--raw-params", action="store_true", help="use raw params instead of EMA")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.set)
+    if not args.checkpoint:
+        raise ConfigError("--checkpoint WORKDIR (a `train` run) is required")
+    config = wam_cli.config_from_args(args, run_dir=args.checkpoint)
     from wam_jax.data import make_iterator, prepare_batch
     from wam_jax.experiment import Experiment
     from wam_jax.models import latents as latent_codecs

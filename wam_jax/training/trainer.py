@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -20,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-
+from wam_jax import checkpoint as ckpt
+from wam_jax import cli as wam_cli
 from wam_jax import sharding
-from wam_jax.config import ConfigError, dataclass_from_config, load_config
+from wam_jax.config import ConfigError, dataclass_from_config
 from wam_jax.data import BatchIterator, make_iterator, prepare_batch
 from wam_jax.experiment import Experiment
 from wam_jax.models import wam as wam_lib
@@ -60,6 +59,15 @@ class TrainConfig:
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
     log_every: int = 10
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"config.train.{name}={value!r} must be an integer >= 1")
+        if self.warmup_steps < 0 or self.lr <= 0:
+            raise ConfigError(f"config.train needs lr > 0 and warmup_steps >= 0 (lr={self.lr}, "
+                              f"warmup_steps={self.warmup_steps})")
 
     @classmethod
     def from_config(cls, values) -> "TrainConfig":
@@ -100,6 +108,8 @@ class Trainer:
     """Owns the model, mesh, jitted step and checkpoints of one run. `run()` trains to `train.steps`."""
 
     def __init__(self, config, workdir: str, data: BatchIterator | None = None, guidance_table=None):
+        from data_pipelines import prepare
+        config = prepare.complete_config(config)     # action statistics / PCA basis left to the dataset
         self.config, self.workdir = config, os.path.abspath(workdir)
         self.experiment = Experiment(config)
         self.wan, self.wam = self.experiment.wan, self.experiment.wam
@@ -129,10 +139,8 @@ class Trainer:
             TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes, ema_params=shapes,
                        opt_state=abstract_opt), self.state_shardings)
         self._step_fn = self._build_step()
-        self.checkpoints = ocp.CheckpointManager(
-            os.path.join(self.workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=self.tc.keep_checkpoints, create=True,
-                                                 enable_async_checkpointing=self.tc.async_checkpoints))
+        self.checkpoints = ckpt.RunCheckpoints(self.workdir, self.tc.keep_checkpoints, self.tc.async_checkpoints,
+                                               primary=jax.process_index() == 0)
 
     # ----- state -------------------------------------------------------------------------------------------
     def _initial_params(self):
@@ -161,20 +169,18 @@ class Trainer:
                           ema_params=jax.tree.map(jnp.copy, params), opt_state=opt_state)
 
     def restore_or_init(self) -> TrainState:
-        step = self.checkpoints.latest_step()
-        if step is None:
+        """The newest intact checkpoint (a corrupt newer step is reported and skipped), else a fresh state."""
+        restored = self.checkpoints.restore_latest(self.abstract_state)
+        if restored is None:
             return self.initial_state()
-        restored = self.checkpoints.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(self.abstract_state), data=ocp.args.JsonRestore()))
-        self.data.set_state(sharding.pick_host_state(restored["data"]))     # this process's position
+        step, state, position = restored
+        self.data.set_state(sharding.pick_host_state(position))     # this process's position
         print(f"resumed from step {step} ({self.workdir}/checkpoints)", flush=True)
-        return restored["state"]
+        return state
 
     def save(self, state: TrainState, force: bool = False):
-        step = int(state.step)
-        self.checkpoints.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(sharding.gather_host_states(self.data.get_state()))), force=force)
+        self.checkpoints.save_step(int(state.step), state, sharding.gather_host_states(self.data.get_state()),
+                                   force=force)
 
     # ----- step --------------------------------------------------------------------------------------------
     def apply(self, params, video, actions, t_video, t_action, guidance, ego=None):
@@ -217,11 +223,30 @@ class Trainer:
 
     # ----- loop --------------------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> TrainState:
-        """Trains until `train.steps` (or, for tests that simulate a kill, until `stop_after` steps)."""
+        """Trains until `train.steps` (or, for tests that simulate a kill, until `stop_after` steps).
+
+        Holds WORKDIR/LOCK throughout (process 0); writes WORKDIR/config.json once the checkpoint (if any) has
+        restored against this config; closes the data iterator (and its worker processes) on every exit."""
+        lock = ckpt.WorkdirLock(self.workdir).acquire() if jax.process_index() == 0 else None
+        try:
+            return self._run(stop_after)
+        finally:
+            close = getattr(self.data, "close", None)
+            if close is not None:
+                close()
+            if lock is not None:
+                lock.release()
+
+    def _run(self, stop_after: int | None) -> TrainState:
         from tqdm import tqdm
         state = self.restore_or_init()
+        if jax.process_index() == 0:
+            ckpt.write_run_config(self.workdir, self.config)
         start = int(state.step)
         end = self.tc.steps if stop_after is None else min(self.tc.steps, stop_after)
+        if start >= end and jax.process_index() == 0:
+            print(f"nothing to train: the checkpoint is at step {start} and train.steps={self.tc.steps}; raise "
+                  "train.steps to continue training", flush=True)
         writer = _summary_writer(os.path.join(self.workdir, "tensorboard"))
         last_good = self.checkpoints.latest_step()
         bar = tqdm(total=end, initial=start, desc="train", disable=not sys.stderr.isatty() or jax.process_index())
@@ -248,15 +273,19 @@ class Trainer:
                     if writer is not None:
                         for k, v in values.items():
                             writer.add_scalar(f"train/{k}", v, step + 1)
+                    self.checkpoints.check_for_errors()      # a failed async save stops training now
                 if (step + 1) % self.tc.checkpoint_every == 0 or step + 1 == end:
                     pending = self._check(pending, last_good)
                     self.save(state, force=True)
                     last_good = step + 1
         finally:
             bar.close()
-            self.checkpoints.wait_until_finished()
+            self.checkpoints.finish()
             if writer is not None:
                 writer.close()
+            report = getattr(getattr(self.data, "_pipeline", None), "skip_report", None)
+            if report is not None and self.data._pipeline.num_skipped and jax.process_index() == 0:
+                print(f"data: {report()}", flush=True)
         self._check(pending, last_good)
         return state
 
@@ -287,21 +316,20 @@ def train(config, workdir: str, data: BatchIterator | None = None, stop_after: i
     return Trainer(config, workdir, data).run(stop_after)
 
 
+@wam_cli.user_errors
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiments/<file>.py[:key=value,...]")
-    parser.add_argument("--workdir", default=None, help="run folder (default runs/<config name>)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    wam_cli.add_config_args(parser, workdir=True)
     args = parser.parse_args(argv)
+    if not args.config and not args.workdir:
+        raise ConfigError("pass --config experiments/FILE.py[:args], or --workdir of a run to continue it with its "
+                          "saved config.json")
     sharding.initialize_distributed()
-    config = load_config(args.config, args.set)
-    workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config.split(":")[0]))[0])
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2, default=str)
+    config = wam_cli.config_from_args(args, run_dir=args.workdir)
+    workdir = args.workdir or wam_cli.default_workdir(args.config)
     try:
-        train(config, workdir)
+        train(config, workdir)      # WORKDIR/config.json is written once the run has validated
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

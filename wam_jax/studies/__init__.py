@@ -2,6 +2,7 @@
 
     python -m wam_jax.studies run --study guidance --out out/studies      # train + closed-loop eval per variant
     python -m wam_jax.studies collect --out out/studies                   # one table over everything found
+    python -m wam_jax.studies memory-table --out out/studies/memory_table  # paper Table 5 (studies/memory_table.py)
 
 Studies at demo scale (experiments/drivewam_highway.py, CPU): guidance on/off, selective KV memory budgets vs
 the full cache (same trained model, closed loop), data scaling (number of training clips). At paper scale the
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from wam_jax.tools import tables
 
@@ -73,12 +73,14 @@ def main(argv=None) -> int:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c = sub.add_parser("collect")
     c.add_argument("--out", default="out/studies")
+    from wam_jax.studies import memory_table
+    memory_table.add_arguments(sub.add_parser("memory-table", help="full / fifo / selective KV memory, ADE/FDE"))
     args = parser.parse_args(argv)
+    if args.command == "memory-table":
+        print(memory_table.main(args))
+        return 0
     if args.command == "run":
         run_study(args.study, args.out, args.episodes, args.set)
     print(collect(args.out))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
