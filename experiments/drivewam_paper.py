@@ -16,7 +16,7 @@ Guidance: a Qwen3-VL-class VLM from a local path writes two sentences (road cont
 words, no numbers) per chunk from the route command, the front frame and the recent ego path; umT5 embeds them.
 
 Ablations (the paper's tables): guidance=scene|fixed, video_supervision=on|off, init=wan|scratch,
-clips=4k|20k|100k, memory=selective|full. Prepare data and checkpoints as in experiments/drivewam_wan22_5b.py
+clips=4k|20k|100k, memory=selective|fifo|full. Prepare data and checkpoints as in experiments/drivewam_wan22_5b.py
 (import-wan, import-vae, `data_pipelines build --source navsim|physicalai`); paths are arguments.
 """
 
@@ -44,7 +44,7 @@ def get_config(arg=None):
                     vae_checkpoint="ckpt/wan22_vae", text_encoder="/models/Wan2.2-TI2V-5B-Diffusers",
                     vlm="/models/Qwen3-VL-8B-Instruct")
     choices = dict(bench=tuple(BENCHES), guidance=("scene", "fixed"), video_supervision=("on", "off"),
-                   init=("wan", "scratch"), clips=("4k", "20k", "100k"), memory=("selective", "full"))
+                   init=("wan", "scratch"), clips=("4k", "20k", "100k"), memory=("selective", "fifo", "full"))
     for key, allowed in choices.items():
         if getattr(arg, key) not in allowed:
             raise ConfigError(f"{key}={getattr(arg, key)!r}: choose one of {allowed}")

@@ -274,7 +274,7 @@ def test_loss_from_chunk_beyond_the_chunks_is_an_error():
         flow_matching_loss(never, None, batch, jax.random.key(0), FlowConfig(loss_from_chunk=2), 2)
 
 
-@pytest.mark.parametrize("field,value", [("tradeoff", 1.5), ("tradeoff", -0.1), ("recent_chunks", 0),
+@pytest.mark.parametrize("field,value", [("tradeoff", 1.5), ("tradeoff", -0.1),
                                          ("max_chunks", 0), ("video_budget", -1)])
 def test_memory_config_rejects_out_of_range_values(field, value):
     from wam_jax.rollout.kv_memory import MemoryConfig

@@ -67,9 +67,6 @@ class MemoryConfig:
         t = self.tradeoff
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 <= t <= 1.0:
             raise ConfigError(f"memory.tradeoff={t!r} (λ) must be a number in [0, 1] (paper: {PAPER_TRADEOFF})")
-        if self.recent_chunks < 1:
-            raise ConfigError(f"memory.recent_chunks={self.recent_chunks} must be ≥ 1 (0 would let the newest chunk "
-                              "be evicted)")
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any]) -> "MemoryConfig":
