@@ -234,6 +234,8 @@ def synthetic_clip(index: int, num_chunks: int = 3, frames_per_chunk: int = 2, h
         ego_pose=np.cumsum(np.ones((t, 3), np.float32), 0) - 1, ego_velocity=np.ones((t, 2), np.float32),
         chunk_start=chunk_start, waypoints=waypoints, waypoint_dt=0.5,
         command=(np.arange(num_chunks, dtype=np.int32) + index) % 4, frames=frames,
+        ego_state=np.stack([np.full(num_chunks, 10.0 + index), np.arange(num_chunks) * 0.1,
+                            np.full(num_chunks, 0.01)], -1).astype(np.float32),
         meta={"index": index})
     if intents:
         clip.intent = [intents[(index + c) % len(intents)] for c in range(num_chunks)]

@@ -14,6 +14,7 @@ Batch contract (what the trainer consumes):
     "waypoints":  float32 [B, K, n_wp, 3]     (x forward, y left, heading) in the ego frame at each chunk start
     "command":    int32   [B, K]              0 left, 1 straight, 2 right, 3 unknown
     "guidance":   float32 [B, K, L, D]        only when the clips carry guidance embeddings
+    "ego_state":  float32 [B, K, 3]           (speed, acceleration, curvature) at each chunk start, when carried
     "intent_ids": int32   [B, K]              index into `intent_vocab`, only when the clips carry intents
 
 Examples are windows of K = `chunks_per_example` consecutive chunks cut from clips of N chunks (K = N when 0),
@@ -271,6 +272,8 @@ class _LoadExample:
             out["latents"] = clip.latents[lo:hi].astype(np.float32)
         if clip.guidance is not None:
             out["guidance"] = clip.guidance[c0:c0 + k].astype(np.float32)
+        if clip.ego_state is not None:
+            out["ego_state"] = clip.ego_state[c0:c0 + k].astype(np.float32)
         if clip.intent is not None and self.vocab is not None:
             ids = []
             for text in clip.intent[c0:c0 + k]:
@@ -309,6 +312,8 @@ class _Augment:
             wp = out["waypoints"].copy()
             wp[..., 1:] *= -1.0
             out["waypoints"] = wp
+            if "ego_state" in out:                      # a mirrored drive curves the other way
+                out["ego_state"] = out["ego_state"] * np.asarray([1.0, 1.0, -1.0], np.float32)
             out["command"] = np.where(out["command"] == 0, 2, np.where(out["command"] == 2, 0, out["command"])
                                       ).astype(np.int32)
             if "intent_ids" in out and self.mirror_ids is not None:

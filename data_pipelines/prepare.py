@@ -27,12 +27,12 @@ PCA_MAX_CLIPS = 20            # clips whose frames fit the basis (more changes l
 ACTION_MIN_STD = 0.05
 
 
-def fit_action_norm(data_dir: str):
-    """Per-waypoint ActionNorm of every clip's waypoints."""
+def fit_action_norm(data_dir: str, representation: str = "waypoints"):
+    """Per-waypoint (per-step) ActionNorm of every clip's waypoints in the given action representation."""
     from data_pipelines import pipeline
     from wam_jax.data import ActionNorm
     waypoints = np.concatenate([clip.waypoints for clip in pipeline.iter_clips(data_dir, decode_frames=False)])
-    return ActionNorm.fit(waypoints, per_waypoint=True, min_std=ACTION_MIN_STD)
+    return ActionNorm.fit(waypoints, per_waypoint=True, min_std=ACTION_MIN_STD, representation=representation)
 
 
 def fit_latent_pca(config, data_dir: str, max_clips: int = PCA_MAX_CLIPS) -> float:
@@ -53,13 +53,15 @@ def dataset_dir(data_dir: str) -> str:
     return pipeline.find_dataset_dir(data_dir)
 
 
-def action_norm_for(data_dir: str, refit: bool = False, log: Callable[[str], None] = print) -> dict:
-    """The dataset's action statistics ({"mean", "std"}), fitted and stored on first use."""
-    path = os.path.join(dataset_dir(data_dir), ACTION_NORM_FILE)
+def action_norm_for(data_dir: str, refit: bool = False, log: Callable[[str], None] = print,
+                    representation: str = "waypoints") -> dict:
+    """The dataset's action statistics ({"mean", "std"}) in `representation`, fitted and stored on first use."""
+    name = ACTION_NORM_FILE if representation == "waypoints" else ACTION_NORM_FILE.replace(".json", f"_{representation}.json")
+    path = os.path.join(dataset_dir(data_dir), name)
     if os.path.exists(path) and not refit:
         with open(path) as f:
             return json.load(f)
-    norm = fit_action_norm(data_dir)
+    norm = fit_action_norm(data_dir, representation)
     stats = {"mean": norm.mean.tolist(), "std": norm.std.tolist()}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -99,7 +101,8 @@ def complete_config(config, data_dir: str | None = None, log: Callable[[str], No
                             "is empty; set it to a dataset built by `python -m data_pipelines build`")
     with config.unlocked():
         if config.action_norm.get("from_data", False):
-            stats = action_norm_for(data_dir, log=log)
+            stats = action_norm_for(data_dir, log=log,
+                                    representation=config.action_norm.get("representation", "waypoints"))
             config.action_norm.mean, config.action_norm.std = stats["mean"], stats["std"]
             config.action_norm.from_data = False       # the run's saved config holds the fitted values
         if config.latent.kind == "pca" and not config.latent.pca_path:

@@ -28,6 +28,8 @@ Schema version 1 (`SCHEMA_VERSION`) — fields of `ClipRecord`:
 | `camera_names`        | str list | [C]              | cameras composing `frames`, left to right (optional)           |
 | `intrinsics`          | float32  | [C, 3, 3]        | pinhole K in pixels of the stored `frames` (optional)          |
 | `extrinsics`          | float32  | [C, 4, 4]        | camera-to-ego transform (optional)                             |
+| `ego_state`           | float32  | [N, 3]           | (speed m/s, acceleration m/s², curvature 1/m) at chunk n's start |
+|                       |          |                  | frame, the last one observed before its waypoints (optional)   |
 | `meta`                | dict     |                  | JSON-able free-form provenance (sim config, t0, log name...)   |
 
 Serialised form (`serialize_clip` / `deserialize_clip`): the bytes `MAGIC` followed by one msgpack map
@@ -73,6 +75,7 @@ _ARRAY_DTYPES = {
     "actions": np.float32,
     "intrinsics": np.float32,
     "extrinsics": np.float32,
+    "ego_state": np.float32,
 }
 _STRING_LISTS = ("intent", "camera_names")
 
@@ -120,6 +123,7 @@ class ClipRecord:
     camera_names: list[str] | None = None
     intrinsics: np.ndarray | None = None
     extrinsics: np.ndarray | None = None
+    ego_state: np.ndarray | None = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -231,6 +235,8 @@ def validate_clip(clip: ClipRecord, spec: Mapping[str, Any] | None = None) -> Cl
         raise _shape_error("intrinsics", clip.intrinsics.shape, f"[C={c}, 3, 3]")
     if clip.extrinsics is not None and (clip.extrinsics.shape[1:] != (4, 4) or (c is not None and clip.extrinsics.shape[0] != c)):
         raise _shape_error("extrinsics", clip.extrinsics.shape, f"[C={c}, 4, 4]")
+    if clip.ego_state is not None and clip.ego_state.shape != (n, 3):
+        raise _shape_error("ego_state", clip.ego_state.shape, f"[N={n}, 3] (speed, acceleration, curvature)")
 
     if spec is not None:
         want_shapes = spec.get("shapes", {})
@@ -411,6 +417,15 @@ def _decode_frames(packed: Mapping[str, Any]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ geometry helpers
+
+def ego_state(speed, acceleration, yaw_rate, min_speed: float = 0.5) -> np.ndarray:
+    """(speed, acceleration, curvature) [..., 3] float32 from speed m/s, longitudinal acceleration m/s² and yaw
+    rate rad/s; curvature = yaw rate / speed, 0 below `min_speed` (standing still has no defined curvature)."""
+    speed, acceleration, yaw_rate = (np.asarray(a, np.float64) for a in (speed, acceleration, yaw_rate))
+    moving = np.abs(speed) >= min_speed
+    curvature = np.where(moving, yaw_rate / np.where(moving, speed, 1.0), 0.0)
+    return np.stack(np.broadcast_arrays(speed, acceleration, curvature), -1).astype(np.float32)
+
 
 def wrap_angle(a: np.ndarray) -> np.ndarray:
     """Angles to [-pi, pi)."""

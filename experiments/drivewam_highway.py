@@ -31,11 +31,11 @@ def get_config(arg=None):
     c.chunks = 2                     # one context chunk + one predicted chunk per training example
     c.init = arg.init
     c.init_checkpoint = ""
-    # Per-waypoint statistics: placeholders that `train` (data_pipelines/prepare.py) replaces by the built
+    # Per-step increment statistics: placeholders that `train` (data_pipelines/prepare.py) replaces by the built
     # dataset's (from_data=True); the run's saved config.json holds the fitted values.
-    c.action_norm = dict(mean=[[12.0 * (k + 1), 0.0, 0.0] for k in range(8)],
-                         std=[[3.0 * (k + 1), 0.5 * (k + 1), 0.02 * (k + 1)] for k in range(8)], from_data=True)
-    c.flow = base.flow(action_weight=2.0, loss_from_chunk=1)
+    c.action_norm = dict(mean=[[12.0, 0.0, 0.0]] * 8, std=[[3.0, 0.5, 0.02]] * 8, representation="increments",
+                         from_data=True)
+    c.flow = base.flow(action_weight=2.0, loss_from_chunk=1)    # the paper's objective, β_a = 2 (paper: 1)
     c.train = base.train(arg.steps, 8, lr=1e-3, warmup_steps=100, end_lr_ratio=0.05, b2=0.99, ema_decay=0.995,
                          keep_checkpoints=2, log_every=250)
     c.mesh = dict(data=1, fsdp=1, tensor=1, sequence=1)
@@ -47,7 +47,7 @@ def get_config(arg=None):
     # `make demo` fits the PCA basis on the training frames and stores it next to the dataset.
     c.latent = dict(kind="pca", frame_stride=stride, space_to_depth=s2d, channels=z, pca_path="",
                     vae_checkpoint="")
-    c.sampler = base.sampler(video_steps=4, action_steps=8)
+    c.sampler = base.sampler()       # the paper's: video 3 Euler steps 1 → 0.6, then actions 10 steps 1 → 0
     c.memory = base.memory(arg.memory, video_tokens_per_chunk=(20 // stride) * (64 // s2d // 2) ** 2,
                            action_tokens_per_chunk=8, budget_chunks=3, max_chunks=80)
     c.rollout = dict(context_chunks=1, chunks=1, video_fps=1.0)

@@ -23,7 +23,8 @@ def get_config(arg=None):
     c.chunks = arg.chunks
     c.init = arg.init
     c.init_checkpoint = ""
-    c.action_norm = dict(mean=[20.0, 0.0, 0.0], std=[15.0, 3.0, 0.2])
+    # Per-step ego-frame increments (2 Hz) of the synthetic arcs: 2.5-7.5 m forward, small lateral and yaw.
+    c.action_norm = dict(mean=[5.0, 0.0, 0.0], std=[2.5, 0.3, 0.05], representation="increments")
     c.flow = base.flow(context=arg.context)
     c.train = base.train(arg.steps, 4, lr=2e-3, warmup_steps=20, weight_decay=0.0, b2=0.99, ema_decay=0.99,
                          freeze=base.freeze_groups(arg.train), checkpoint_every=100, keep_checkpoints=2, log_every=25)
@@ -31,7 +32,7 @@ def get_config(arg=None):
     c.data = dict(source=arg.data, num_clips=4, chunk_seconds=4.0, seed=0, shuffle=True)
     c.guidance = dict(enabled=arg.guidance == "on")
     c.latent = dict(kind="none", frame_stride=5, space_to_depth=8, channels=0, pca_path="", vae_checkpoint="")
-    c.sampler = base.sampler(video_steps=4, action_steps=8)
+    c.sampler = base.sampler()
     c.memory = base.memory(arg.memory, video_tokens_per_chunk=2 * 2 * 2, action_tokens_per_chunk=8, budget_chunks=4,
                            max_chunks=80)
     c.rollout = dict(context_chunks=1, chunks=2, video_fps=1.0)

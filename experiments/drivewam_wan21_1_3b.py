@@ -1,5 +1,7 @@
-"""DriveWAM on Wan2.1-T2V-1.3B: the paper-scale run on real driving clips (NAVSIM or PhysicalAI-AV) with
-pre-encoded Wan 2.1 VAE latents (z=16, stride 4×8×8) and umT5 intent embeddings.
+"""DriveWAM on Wan2.1-T2V-1.3B, a smaller backbone than the paper's Wan2.2-TI2V-5B
+(experiments/drivewam_paper.py): real driving clips (NAVSIM or PhysicalAI-AV) with pre-encoded Wan 2.1 VAE
+latents (z=16, stride 4×8×8) and umT5 intent embeddings; otherwise as experiments/drivewam_wan22_5b.py (which
+lists how that run differs from the paper's).
 
 Prepare once (local paths; nothing is downloaded):
   python -m wam_jax import-wan --src /models/Wan2.1-T2V-1.3B-Diffusers/transformer --out ckpt/wan21_13b

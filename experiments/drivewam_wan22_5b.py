@@ -1,5 +1,10 @@
-"""DriveWAM on Wan2.2-TI2V-5B: the paper-scale run on real driving clips (NAVSIM or PhysicalAI-AV) with
-pre-encoded Wan 2.2 VAE latents (z=48, stride 4×16×16) and umT5 intent embeddings.
+"""DriveWAM on Wan2.2-TI2V-5B at a larger frame size than the paper: real driving clips (NAVSIM or PhysicalAI-AV)
+with pre-encoded Wan 2.2 VAE latents (z=48, stride 4×16×16) and umT5 intent embeddings.
+
+How it differs from the paper's run (experiments/drivewam_paper.py): 480×832 frames and 4 latent frames per
+chunk instead of 256×448 and 1; 8 waypoints per chunk on both benchmarks; lr 5e-5 with a cosine schedule,
+AdamW β2 0.999, weight decay 0.01; memory budgets of 6 chunks instead of 448 / 160 tokens, λ 0.7; the
+objective, layout and sampler are the paper's.
 
 Prepare once (local paths; nothing is downloaded):
   python -m wam_jax import-wan --src /models/Wan2.2-TI2V-5B-Diffusers/transformer --out ckpt/wan22_5b

@@ -33,10 +33,11 @@ def _configs(overrides=()):
     return wam_lib.build_configs(load_config(TINY, list(overrides)))
 
 
+@pytest.mark.parametrize("layout", ["inverse_dynamics", "joint"])
 @pytest.mark.parametrize("streams,chunks", [(1, 1), (1, 3), (2, 3), (2, 4)])
-def test_visible_pairs_equal_the_token_layout_mask(streams, chunks):
-    layout = wam_lib.TokenLayout(streams, chunks, video_tokens=8, action_tokens=3)
-    assert bench.visible_pairs(streams, chunks, layout.per_chunk) == int(layout.self_mask().sum())
+def test_visible_pairs_equal_the_token_layout_mask(streams, chunks, layout):
+    tokens = wam_lib.TokenLayout(streams, chunks, video_tokens=8, action_tokens=3, layout=layout)
+    assert bench.visible_pairs(streams, chunks, tokens.per_chunk, 3, layout) == int(tokens.self_mask().sum())
 
 
 @pytest.mark.parametrize("overrides,guidance,streams,past,cost_tol", [
@@ -129,15 +130,16 @@ def test_train_and_input_sections(tmp_path):
 
 def test_rollout_and_torch_sections(tmp_path):
     text, res = _run(tmp_path, "rollout,torch", "--torch-threads", "1")
-    for field in ("Rollout latency per chunk", "KV memory", "PyTorch vs JAX", "video+action denoising",
+    for field in ("Rollout latency per chunk", "KV memory", "PyTorch vs JAX", "video denoising", "action denoising",
                   "cache update", "guidance", "reduction", "ratio"):
         assert field in text, field
     assert "train" not in res
     roll = res["rollout"]
     for mode in ("full", "selective"):
         m = roll["modes"][mode]
-        assert set(m["stages_s"]) == {"guidance", "video+action denoising", "cache update"}
-        assert m["chunk_s"] > 0 and m["evaluations_per_chunk"] == 8 and m["timed_chunks"] == 1
+        assert set(m["stages_s"]) == {"guidance", "video denoising", "action denoising", "cache update"}
+        # The paper's sampler: 3 video + 10 action Euler evaluations.
+        assert m["chunk_s"] > 0 and m["evaluations_per_chunk"] == 13 and m["timed_chunks"] == 1
     kv = roll["kv_memory"]
     assert kv["kv_chunks"] == 75 and kv["full_tokens"] == 75 * 16 and kv["selective_tokens"] == 64
     assert kv["reduction"] == pytest.approx(75 * 16 / 64)

@@ -50,7 +50,7 @@ def test_batch_contract_and_window_cut(data_dir):
     assert pipe.windows_per_clip == 2 and pipe.num_examples == NUM_CLIPS * 2
     with pipe.iterator() as it:
         batch = next(it)
-    assert sorted(batch) == ["command", "frames", "intent_ids", "waypoints"]
+    assert sorted(batch) == ["command", "ego_state", "frames", "intent_ids", "waypoints"]
     t_win = HEAD + 2 * FPC
     assert batch["frames"].shape == (4, t_win, 8, 12, 3) and batch["frames"].dtype == np.uint8
     assert batch["waypoints"].shape == (4, 2, 4, 3) and batch["waypoints"].dtype == np.float32
@@ -61,6 +61,8 @@ def test_batch_contract_and_window_cut(data_dir):
         np.testing.assert_array_equal(batch["waypoints"][b, :, 0, 1], chunks)
         np.testing.assert_array_equal(batch["command"][b], (chunks + clip) % 4)
         np.testing.assert_array_equal(batch["intent_ids"][b], (clip + chunks) % len(INTENTS))
+        np.testing.assert_allclose(batch["ego_state"][b], np.stack([np.full(2, 10.0 + clip), chunks * 0.1,
+                                                                    np.full(2, 0.01)], -1), rtol=1e-6)
         assert np.all(batch["frames"][b, :, 0, 0, 0] == clip)
         # Window frames start c0 chunks into the clip and keep the clip's head frames.
         np.testing.assert_array_equal(batch["frames"][b, :, 0, 0, 1], FPC * c0 + np.arange(t_win))
@@ -152,7 +154,7 @@ def test_latents_and_guidance_in_batch(tmp_path):
     with pipeline.make_pipeline(dict(data_dir=str(tmp_path), batch_size=2, shard_index=0, shard_count=1,
                                      chunks_per_example=2)).iterator() as it:
         batch = next(it)
-    assert sorted(batch) == ["command", "guidance", "latents", "waypoints"]
+    assert sorted(batch) == ["command", "ego_state", "guidance", "latents", "waypoints"]
     assert batch["latents"].shape == (2, 3, 2, 2, 5) and batch["latents"].dtype == np.float32  # 1 head + 2 chunks
     assert batch["guidance"].shape == (2, 2, 3, 6) and batch["guidance"].dtype == np.float32
     with pipeline.make_pipeline(dict(data_dir=str(tmp_path), batch_size=2, shard_index=0, shard_count=1,

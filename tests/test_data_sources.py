@@ -49,6 +49,7 @@ def test_navsim_round_trip(navsim_src, tmp_path):
                                    atol=1e-4)
         np.testing.assert_allclose(clip.ego_pose, fixtures.arc_relative(0.5 * np.arange(4), v, w), atol=1e-4)
         np.testing.assert_allclose(clip.ego_velocity, np.tile([v, 0.0], (4, 1)))
+        np.testing.assert_allclose(clip.ego_state, [[v, 0.0, w / v]], rtol=1e-5, atol=1e-6)
         assert clip.waypoint_dt == 0.5
         assert clip.command.tolist() == [cur % 3]  # one-hot index: left/straight/right cycle in the fixture
         np.testing.assert_array_equal(clip.timestamps_us, [frames[i]["timestamp"] for i in range(cur - 3, cur + 1)])
@@ -126,6 +127,7 @@ def test_physicalai_round_trip(pai_src, tmp_path):
         dt = (frame_ts[idx] - frame_ts[idx[0]]) * 1e-6
         np.testing.assert_allclose(clip.ego_pose, fixtures.arc_relative(dt, v, w), atol=1e-4)
         np.testing.assert_allclose(clip.ego_velocity, np.tile([v, 0.0], (4, 1)), atol=0.02)
+        np.testing.assert_allclose(clip.ego_state, [[v, 0.0, w / v]], atol=0.02)
         with av.open(io.BytesIO(truth["videos"][clip_id])) as container:
             decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         np.testing.assert_array_equal(clip.frames, np.stack([decoded[i] for i in idx]))

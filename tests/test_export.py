@@ -59,7 +59,7 @@ def exported(tmp_path_factory):
     # A small shard size forces diffusers' sharded layout (index json + several files).
     s32 = export_params(params, config, str(root / "f32"), "float32", max_shard_bytes=60_000)
     s16 = export_params(params, config, str(root / "bf16"), "bfloat16")
-    assert s32.action_tensors == s16.action_tensors == len(fmt.action_tensor_names())
+    assert s32.action_tensors == s16.action_tensors == len(fmt.action_tensor_names(wan.num_layers))
     return dict(config=config, wan=wan, wam=wam, params=params, f32=str(root / "f32"), bf16=str(root / "bf16"))
 
 
@@ -100,7 +100,7 @@ def test_diffusers_transformer_matches_flax_video_dit(exported):
     with torch.no_grad():
         ref = model(torch.from_numpy(latents), torch.from_numpy(timesteps), torch.from_numpy(context),
                     return_dict=False)[0].numpy()
-    wan_params = {g: exported["params"][g] for g in wam_lib.WAN_PARAM_GROUPS}
+    wan_params = {g: wam_lib.without_ego(exported["params"][g]) for g in wam_lib.WAN_PARAM_GROUPS}
     ours = jax.jit(WanTransformer(exported["wan"]).apply)({"params": wan_params},
                                                           jnp.asarray(latents.transpose(0, 2, 3, 4, 1)),
                                                           jnp.asarray(timesteps), jnp.asarray(context))
@@ -233,7 +233,7 @@ def test_export_from_training_run_cli(tmp_path):
 
 def test_wan_params_checkpoint_exports_transformer_only(exported, tmp_path):
     wan = exported["wan"]
-    wan_params = {g: exported["params"][g] for g in wam_lib.WAN_PARAM_GROUPS}
+    wan_params = {g: wam_lib.without_ego(exported["params"][g]) for g in wam_lib.WAN_PARAM_GROUPS}
     checkpoint.save_params(str(tmp_path / "wan"), wan_params,
                            {"kind": "wan_transformer", "config": wan.to_diffusers(), "scan_layers": True})
     summary = export_checkpoint(str(tmp_path / "wan"), str(tmp_path / "out"))

@@ -47,20 +47,27 @@ def test_multirate_grid_steps_each_modality_its_own_count():
     assert v[0, 0] == a[0, 0] == 1.0 and v[-1, 1] == a[-1, 1] == 0.0
 
 
-@pytest.mark.parametrize("schedule,solver", [("joint", "euler"), ("video_then_action", "heun")])
+@pytest.mark.parametrize("schedule,solver", [("joint", "euler"), ("video_then_action", "heun"),
+                                             ("video_then_action", "euler")])
 def test_cached_rollout_equals_uncached_recomputation(model, schedule, solver):
     wan, wam, params = model
-    sampler = SamplerConfig(video_steps=2, action_steps=3, solver=solver, schedule=schedule)
+    # video_then_action + euler: the paper's sampler (video 3 steps 1 → 0.6, actions 10 steps 1 → 0).
+    sampler = (SamplerConfig() if solver == "euler" and schedule == "video_then_action" else
+               SamplerConfig(video_steps=2, action_steps=3, solver=solver, schedule=schedule))
     engine = RolloutEngine(wan, wam, sampler, kv_memory.MemoryConfig(mode="full", max_chunks=6))
     video, actions = _context(wan, wam)
     g_all = jnp.asarray(np.random.default_rng(3).standard_normal((2, 4, 1, wan.text_dim)), jnp.float32)
+    ego_all = jnp.asarray(np.random.default_rng(4).standard_normal((2, 4, 3)), jnp.float32)
     result = run_rollout(engine, params, video, actions, 3, jax.random.key(5),
-                         guidance_fn=lambda c, _: g_all[:, c:c + 1])
+                         guidance_fn=lambda c, _: g_all[:, c:c + 1], ego_fn=lambda c, _: ego_all[:, c:c + 1])
+    assert result.video_time.tolist() == [0.0] + [engine.generated_video_time] * 3
     rng = jax.random.key(5)
     for c in range(1, 4):
         rng, key = jax.random.split(rng)
         ref_v, ref_a = engine.denoise_uncached(params, jnp.asarray(result.video[:, :c]),
-                                               jnp.asarray(result.actions[:, :c]), g_all[:, :c + 1], key)
+                                               jnp.asarray(result.actions[:, :c]), g_all[:, :c + 1], key,
+                                               past_video_t=np.tile(result.video_time[:c], (2, 1)),
+                                               ego=ego_all[:, :c + 1])
         np.testing.assert_allclose(result.video[:, c], ref_v, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(result.actions[:, c], ref_a, rtol=1e-4, atol=1e-4)
 
@@ -166,7 +173,7 @@ def test_rollout_cli_end_to_end(tmp_path):
                              "--checkpoint", str(workdir), "--chunks", "3", "--out", str(out)],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    for stage in ("guidance", "video+action denoising", "cache update", "reduction"):
+    for stage in ("guidance", "video denoising", "action denoising", "cache update", "reduction"):
         assert stage in result.stdout
     for name in ("trajectory.png", "trajectory.json", "rollout.npz"):
         assert (out / name).exists()

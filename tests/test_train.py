@@ -14,7 +14,8 @@ import pytest
 from wam_jax.config import load_config
 from wam_jax.data import ActionNorm, SyntheticIterator
 from wam_jax.models import wam as wam_lib
-from wam_jax.rollout.teacher_forced import sample_teacher_forced
+from wam_jax.rollout.engine import RolloutEngine, SamplerConfig
+from wam_jax.rollout.kv_memory import MemoryConfig
 from wam_jax.training.trainer import NonFiniteLossError, Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +82,8 @@ def test_overfit_fixed_batch_and_sample_trajectories(tmp_path):
     raw = next(SyntheticIterator(num_clips=2, batch_size=2, chunks=config.chunks, waypoints=8, chunk_seconds=4.0,
                                  latent_shape=(2, 4, 4, 8), seed=0, shuffle=False))
     with config.unlocked():   # per-waypoint statistics of the training data, as a real run computes them
-        config.action_norm = ml_collections.ConfigDict(ActionNorm.fit(raw["waypoints"]).to_config())
+        config.action_norm = ml_collections.ConfigDict(
+            ActionNorm.fit(raw["waypoints"], representation="increments").to_config())
     trainer = Trainer(config, str(tmp_path / "run"))
     history = []
     step_fn = trainer._step_fn
@@ -102,10 +104,18 @@ def test_overfit_fixed_batch_and_sample_trajectories(tmp_path):
     batch = trainer.device_batch(raw)
     b, n = 2, config.chunks
     clean_video = batch["latents"].reshape(b, n, 2, 4, 4, 8)
-    apply = lambda p, *a: trainer.model.apply({"params": p}, *a)
-    _, actions = jax.jit(lambda p, r: sample_teacher_forced(apply, p, clean_video, batch["actions"], None, r,
-                                                            steps=30))(state.params, jax.random.key(7))
-    waypoints = trainer.action_norm.denormalize(np.asarray(actions))
+    # The paper's sampler (video 3 Euler steps 1 → 0.6, then actions 10 steps 1 → 0) on each chunk after the
+    # first, given the clean earlier chunks (closed loop: observed history).
+    sampler = SamplerConfig.from_config(config.sampler)
+    assert (sampler.schedule, sampler.video_steps, sampler.video_stop, sampler.action_steps) == (
+        "video_then_action", 3, 0.6, 10)
+    engine = RolloutEngine(trainer.wan, trainer.wam, sampler, MemoryConfig())
+    actions = [batch["actions"][:, 0]]
+    for c in range(1, n):
+        _, a = engine.denoise_uncached(state.params, clean_video[:, :c], batch["actions"][:, :c], None,
+                                       jax.random.key(7 + c), ego=batch["ego"][:, :c + 1])
+        actions.append(a)
+    waypoints = trainer.action_norm.denormalize(np.stack([np.asarray(a) for a in actions], 1))
     err = np.linalg.norm(waypoints[:, 1:, :, :2] - raw["waypoints"][:, 1:, :, :2], axis=-1).mean()
     assert err < 0.5, f"sampled trajectories are {err:.2f} m from the training ones"
 
@@ -182,7 +192,7 @@ def test_init_from_imported_wan(tmp_path):
     config = load_config(TINY + ":init=wan", [f"init_checkpoint={tmp_path / 'ckpt'}"])
     params = jax.device_get(Trainer(config, str(tmp_path / "run")).initial_state().params)
     for group in wam_lib.WAN_PARAM_GROUPS:
-        assert _params_equal(params[group], wan_params[group]), group
+        assert _params_equal(wam_lib.without_ego(params[group]), wan_params[group]), group
     assert _params_equal(params["action_time"]["time_proj"], wan_params["condition_embedder"]["time_proj"])
     missing = load_config(TINY + ":init=wan", [f"init_checkpoint={tmp_path / 'nope'}"])
     with pytest.raises(FileNotFoundError, match="init_checkpoint"):
@@ -206,16 +216,19 @@ def test_train_cli_writes_checkpoint_and_tensorboard(tmp_path):
 @pytest.mark.parametrize("spec", ["drivewam_tiny.py:guidance=on,memory=selective,train=actions",
                                   "drivewam_highway.py:guidance=off,memory=selective",
                                   "drivewam_wan21_1_3b.py:clips=4k,guidance=off,init=scratch",
-                                  "drivewam_wan22_5b.py:clips=10k,memory=full,train=actions"])
+                                  "drivewam_wan22_5b.py:clips=10k,memory=full,train=actions",
+                                  "drivewam_paper.py:bench=navsim,guidance=fixed,video_supervision=off,init=scratch,"
+                                  "clips=4k,memory=full", "drivewam_paper.py"])
 def test_every_experiment_file_builds_all_sections(spec):
     from wam_jax.rollout.kv_memory import MemoryConfig
     from wam_jax.training.objective import FlowConfig
-    from wam_jax.rollout.engine import SamplerConfig
+    from wam_jax.rollout.engine import SamplerConfig, check_sampler_covered
     from wam_jax.training.trainer import TrainConfig
     config = load_config(os.path.join(REPO, "experiments", spec))
     wan, wam = wam_lib.build_configs(config)
     FlowConfig.from_config(config.flow), TrainConfig.from_config(config.train)
     SamplerConfig.from_config(config.sampler), MemoryConfig.from_config(config.memory)
+    check_sampler_covered(FlowConfig.from_config(config.flow), SamplerConfig.from_config(config.sampler), wam.layout)
     assert wam.video_tokens(wan) > 0
     with pytest.raises(Exception, match="clipz"):
         load_config(os.path.join(REPO, "experiments", spec.split(":")[0] + ":clipz=1"))

@@ -14,41 +14,14 @@ from typing import Any, Iterator, Mapping, Protocol
 
 import numpy as np
 
+from wam_jax.actions import ActionNorm  # noqa: F401  (wam_jax.data.ActionNorm stays importable)
+
 
 class BatchIterator(Protocol):
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]: ...
     def __next__(self) -> dict[str, np.ndarray]: ...
     def get_state(self) -> dict[str, Any]: ...
     def set_state(self, state: Mapping[str, Any]) -> None: ...
-
-
-class ActionNorm:
-    """Affine normalisation of waypoints (x m, y m, heading rad) to ~unit scale. mean/std are [A] (per
-    dimension) or [K, A] (per waypoint and dimension: far waypoints spread more than near ones)."""
-
-    def __init__(self, mean, std):
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
-        if self.mean.shape != self.std.shape or self.mean.ndim not in (1, 2):
-            raise ValueError(f"action_norm mean {self.mean.shape} and std {self.std.shape} must both be [A] or [K, A]")
-        if np.any(self.std <= 0):
-            raise ValueError("action_norm std must be positive")
-
-    @classmethod
-    def fit(cls, waypoints, per_waypoint: bool = True, min_std: float = 1e-2) -> "ActionNorm":
-        """Statistics of waypoints [..., K, A] (e.g. a dataset sample)."""
-        flat = np.asarray(waypoints, np.float64).reshape(-1, *np.shape(waypoints)[-2:])
-        axes = (0,) if per_waypoint else (0, 1)
-        return cls(flat.mean(axes), np.maximum(flat.std(axes), min_std))
-
-    def to_config(self) -> dict:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
-
-    def normalize(self, waypoints):
-        return (waypoints - self.mean) / self.std
-
-    def denormalize(self, actions):
-        return actions * self.std + self.mean
 
 
 def synthetic_latent_clip(rng: np.random.Generator, chunks: int, waypoints: int, chunk_seconds: float,
@@ -59,9 +32,12 @@ def synthetic_latent_clip(rng: np.random.Generator, chunks: int, waypoints: int,
     speed = rng.uniform(5.0, 15.0)
     yaw_rate = rng.uniform(-0.1, 0.1)
     basis = rng.standard_normal((3, h, w, z)).astype(np.float32)
-    wps, lats, intents = [], [], []
+    wps, lats, intents, ego = [], [], [], []
     dt = chunk_seconds / waypoints
+    prev_speed = speed
     for _ in range(chunks):
+        ego.append([speed, (speed - prev_speed) / chunk_seconds, yaw_rate / speed])
+        prev_speed = speed
         times = np.arange(1, waypoints + 1) * dt
         heading = yaw_rate * times
         if abs(yaw_rate) > 1e-6:
@@ -78,7 +54,8 @@ def synthetic_latent_clip(rng: np.random.Generator, chunks: int, waypoints: int,
         speed = float(np.clip(speed + rng.normal(0, 1.0), 2.0, 20.0))
         yaw_rate = float(np.clip(yaw_rate + rng.normal(0, 0.02), -0.15, 0.15))
     return {"latents": np.concatenate(lats, 0), "waypoints": np.stack(wps).astype(np.float32),
-            "command": np.ones((chunks,), np.int32), "intent_ids": np.asarray(intents, np.int32)}
+            "command": np.ones((chunks,), np.int32), "intent_ids": np.asarray(intents, np.int32),
+            "ego_state": np.asarray(ego, np.float32)}
 
 
 class SyntheticIterator:
@@ -149,13 +126,16 @@ def make_iterator(config, process_index: int = 0, process_count: int = 1) -> Bat
 
 def prepare_batch(raw: Mapping[str, np.ndarray], config, action_norm: ActionNorm,
                   guidance_table: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Raw data batch → model inputs: latents [B, N·F, h, w, z], actions [B, N, K, A] normalised, guidance
-    [B, N, Lg, text_dim] (precomputed embeddings, or looked up from intent ids) when guidance is on."""
+    """Raw data batch → model inputs: latents [B, N·F, h, w, z], actions [B, N, K, A] normalised (in the
+    configured representation), ego [B, N, 3] when the data carries `ego_state`, guidance [B, N, Lg, text_dim]
+    (precomputed embeddings, or looked up from intent ids) when guidance is on."""
     if "latents" not in raw:
         from wam_jax.models import latents as latent_codecs
         raw = dict(raw, latents=latent_codecs.encode_frames(raw["frames"], config))
     out = {"latents": np.asarray(raw["latents"], np.float32),
-           "actions": action_norm.normalize(np.asarray(raw["waypoints"], np.float32))}
+           "actions": action_norm.normalize(np.asarray(raw["waypoints"], np.float32)).astype(np.float32)}
+    if "ego_state" in raw:
+        out["ego"] = np.asarray(raw["ego_state"], np.float32)
     if config.guidance.enabled:
         if "guidance" in raw:
             out["guidance"] = np.asarray(raw["guidance"], np.float32)

@@ -79,7 +79,9 @@ def imagine_heldout(config, params, heldout_dir: str, out: str, chunks: int = 3)
         chunk_guidance = [jnp.asarray(exp.guidance.embed(None, {"intent": [text]})[:, None]) for text in clip.intent[:n]]
         guidance = lambda c, _: chunk_guidance[c]
     engine = exp.engine()
-    result = run_rollout(engine, params, lat[:, :1], actions[:, :1], n - 1, jax.random.key(0), guidance)
+    ego_fn = None if clip.ego_state is None else (lambda c, _: jnp.asarray(clip.ego_state[None, c:c + 1]))
+    result = run_rollout(engine, params, lat[:, :1], actions[:, :1], n - 1, jax.random.key(0), guidance,
+                         ego_fn=ego_fn)
     imagined = latents.decode_latents(result.video[0].reshape(-1, *result.video.shape[3:])[None], config)[0]
     real = latents.decode_latents(lat[0].reshape(-1, *lat.shape[3:])[None], config)[0]
     side = np.concatenate([real, np.full_like(real[:, :, :2], 255), imagined], axis=2)

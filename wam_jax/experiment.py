@@ -70,10 +70,9 @@ def paper_scale(preset: str, arg, latent_frames: int, latent_height: int, latent
     c.chunks = 3
     c.init = arg.init
     c.init_checkpoint = arg.wan_checkpoint if arg.init == "wan" else ""
-    # Placeholder statistics (~NAVSIM speeds); refit on the dataset with data.ActionNorm.fit before training.
-    c.action_norm = dict(mean=[[4.0 * (k + 1), 0.0, 0.0] for k in range(waypoints)],
-                         std=[[2.0 * (k + 1), 0.3 * (k + 1), 0.03 * (k + 1)] for k in range(waypoints)])
-    c.flow = flow(time_shift=3.0, loss_from_chunk=1)
+    # Placeholder increment statistics (~NAVSIM speeds, 2 Hz); refit on the dataset with ActionNorm.fit.
+    c.action_norm = dict(mean=[4.0, 0.0, 0.0], std=[2.0, 0.3, 0.03], representation="increments")
+    c.flow = flow(loss_from_chunk=1)
     c.train = train(arg.steps, arg.batch, lr=5e-5, warmup_steps=1000, log_every=50, freeze=freeze_groups(arg.train))
     c.mesh = dict(data=1, fsdp=-1, tensor=1, sequence=1)
     c.data = dict(source="tfds", data_dir=f"{arg.data_root}/clips_{arg.clips}", split="train",
@@ -85,7 +84,7 @@ def paper_scale(preset: str, arg, latent_frames: int, latent_height: int, latent
     c.latent = dict(kind="wan_vae", frame_stride=1, space_to_depth=1, channels=0, pca_path="",
                     vae_checkpoint=arg.vae_checkpoint)
     video_tokens = latent_frames * (latent_height // 2) * (latent_width // 2)
-    c.sampler = sampler(video_steps=10, action_steps=10)
+    c.sampler = sampler()
     c.memory = memory(arg.memory, video_tokens, waypoints, max_chunks=80)      # the paper's 4-chunk budget
     c.rollout = dict(context_chunks=1, chunks=74, video_fps=4.0)
     return c
@@ -142,7 +141,7 @@ class Experiment:
     @functools.cached_property
     def action_norm(self):
         from wam_jax.data import ActionNorm
-        return ActionNorm(self.config.action_norm.mean, self.config.action_norm.std)
+        return ActionNorm.from_config(self.config.action_norm)
 
     @property
     def guidance_enabled(self) -> bool:

@@ -53,32 +53,48 @@ def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
     return noise - x0
 
 
-def sampling_schedule(steps: int, shift: float = 1.0) -> jax.Array:
-    """Decreasing times [steps + 1] from 1 to 0 (uniform grid, then Wan's shift)."""
-    return shift_time(jnp.linspace(1.0, 0.0, steps + 1), shift)
+def sampling_schedule(steps: int, shift: float = 1.0, stop: float = 0.0) -> jax.Array:
+    """Decreasing times [steps + 1] from 1 to `stop` (uniform grid, Wan's shift, then mapped onto [stop, 1]);
+    stop > 0 is partial denoising (the paper stops the video at 0.6)."""
+    return stop + (1.0 - stop) * shift_time(jnp.linspace(1.0, 0.0, steps + 1), shift)
 
 
 SOLVERS = ("euler", "heun")
 
 
-def integrate(velocity_fn: Callable[[jax.Array, jax.Array], jax.Array], x1: jax.Array, times: jax.Array,
-              solver: str = "euler") -> jax.Array:
-    """Integrates dx/dt = v(x, t) from times[0] (noise) to times[-1] (clean).
+def integrate_steps(velocity_fn: Callable, x, steps, solver: str = "euler"):
+    """The integrator: dx/dt = v(x, t) over explicit steps, for one array or a pytree of them.
 
-    velocity_fn(x, t_scalar) → v; `heun` is the second-order (predictor-corrector) option: twice the
-    evaluations per step; the last step (to t = 0) keeps the Euler result, as in EDM."""
+    x: array or pytree; steps: matching pytree of [S, 2] (from, to) times per step — each leaf on its own grid,
+    a leaf whose from == to stays where it is that step; velocity_fn(x, t) → v with t the matching pytree of
+    scalar times. `heun` adds a corrector evaluation at (x_euler, to), applied per leaf except on a step that
+    ends at t = 0 (that step keeps the Euler result, as in EDM: the velocity at t = 0 is never evaluated)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver {solver!r} unknown; choose one of {SOLVERS}")
+    tmap = jax.tree.map
+    froms = tmap(lambda g: jnp.asarray(g)[:, 0], steps)
+    tos = tmap(lambda g: jnp.asarray(g)[:, 1], steps)
 
     def step(x, ts):
         t, s = ts
         v = velocity_fn(x, t)
-        x_euler = x + (s - t) * v
+        x_euler = tmap(lambda xi, vi, ti, si: jnp.where(si != ti, xi + (si - ti) * vi, xi), x, v, t, s)
         if solver == "euler":
             return x_euler, None
-        v2 = velocity_fn(x_euler, s)
-        x_heun = x + (s - t) * 0.5 * (v + v2)
-        return jnp.where(s > 0, x_heun, x_euler), None
+        # The corrector evaluates each leaf at its Euler prediction and target time, except a leaf ending at 0:
+        # it enters at its current (x, t) (its correction is discarded; the model is never asked about t = 0).
+        s_eval = tmap(lambda ti, si: jnp.where(si > 0, si, ti), t, s)
+        x_eval = tmap(lambda xi, xe, si: jnp.where(si > 0, xe, xi), x, x_euler, s)
+        v2 = velocity_fn(x_eval, s_eval)
+        return tmap(lambda xi, xe, vi, v2i, ti, si: jnp.where((si > 0) & (si != ti), xi + (si - ti) * 0.5 * (vi + v2i),
+                                                              xe), x, x_euler, v, v2, t, s), None
 
-    x, _ = jax.lax.scan(step, x1, (times[:-1], times[1:]))
+    x, _ = jax.lax.scan(step, x, (froms, tos))
     return x
+
+
+def integrate(velocity_fn: Callable[[jax.Array, jax.Array], jax.Array], x1: jax.Array, times: jax.Array,
+              solver: str = "euler") -> jax.Array:
+    """Integrates dx/dt = v(x, t) along the decreasing grid `times` [S + 1] (see `integrate_steps`)."""
+    times = jnp.asarray(times)
+    return integrate_steps(velocity_fn, x1, jnp.stack([times[:-1], times[1:]], axis=1), solver)

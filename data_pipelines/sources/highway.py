@@ -13,6 +13,8 @@ reproducible). After `warmup_s` seconds the clip records `num_chunks` chunks of 
     command        left for "change lane left", right for "change lane right", straight otherwise
     actions        the normalised (acceleration, steering) action applied at each frame's state
     ego_pose       poses of the frames in the first frame's ego frame; ego_velocity by forward difference
+    ego_state      (speed, acceleration, curvature) at each chunk start from the simulator's speed and heading
+                   (`episode_ego_state`: backward differences over one control step)
 """
 
 from __future__ import annotations
@@ -92,9 +94,21 @@ def make_clip(config: HighwayConfig, seed: int, env=None) -> schema.ClipRecord |
         intent=[i.command for i in intents],
         actions=episode.actions[frame_steps].astype(np.float32),
         camera_names=["bev"],
+        ego_state=episode_ego_state(episode.speeds, poses, starts, cfg.dt),
         meta={"seed": int(seed), "intent_text": [i.text for i in intents], "sim": _jsonable(sim.describe_config(cfg)),
               "lanes": episode.lanes[frame_steps].tolist(), "warmup_steps": warmup},
     )
+
+
+def episode_ego_state(speeds: np.ndarray, poses: np.ndarray, steps: np.ndarray, dt: float) -> np.ndarray:
+    """(speed, acceleration, curvature) [len(steps), 3] at control steps `steps` from the simulator's speed [T]
+    and world poses [T, 3]: acceleration and yaw rate by backward difference over one step (forward at step 0)."""
+    steps = np.asarray(steps)
+    prev = np.where(steps > 0, steps - 1, steps + 1)
+    sign = np.where(steps > 0, 1.0, -1.0)
+    accel = sign * (speeds[steps] - speeds[prev]) / dt
+    yaw_rate = sign * schema.wrap_angle(poses[steps, 2] - poses[prev, 2]) / dt
+    return schema.ego_state(speeds[steps], accel, yaw_rate)
 
 
 def _jsonable(d):

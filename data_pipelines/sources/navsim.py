@@ -205,6 +205,10 @@ def make_clip(frames: list[dict[str, Any]], start: int, sensor_root: str, config
     intrinsics, extrinsics = _calibration(window[chunk_start[0]], maps, names)
     velocity = np.stack([np.asarray(f.get("ego_dynamic_state", [0, 0, 0, 0]), np.float64)[:2] for f in window[:stored]])
     current = window[chunk_start[0]]
+    # ego_dynamic_state = (vx, vy, ax, ay) in the ego frame; curvature = lateral acceleration / speed².
+    dyn = np.stack([np.asarray(window[s].get("ego_dynamic_state", [0, 0, 0, 0]), np.float64) for s in chunk_start])
+    speed = np.hypot(dyn[:, 0], dyn[:, 1])
+    ego_state = schema.ego_state(speed, dyn[:, 2], dyn[:, 3] / np.maximum(speed, 1e-6))
     return schema.ClipRecord(
         source="navsim",
         clip_id=str(current["token"]),
@@ -217,6 +221,7 @@ def make_clip(frames: list[dict[str, Any]], start: int, sensor_root: str, config
         command=np.asarray(commands, np.int32),
         frames=np.stack(images),
         history_waypoints=np.stack(history).astype(np.float32),
+        ego_state=ego_state,
         camera_names=list(names),
         intrinsics=intrinsics,
         extrinsics=extrinsics,

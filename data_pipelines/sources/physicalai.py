@@ -147,6 +147,20 @@ def ego_velocity(ego: Egomotion, ts: np.ndarray, half_us: int = 50_000) -> np.nd
     return rot.inv().apply(v)[:, :2]
 
 
+def ego_state_at(ego: Egomotion, ts: np.ndarray, half_us: int = 100_000) -> np.ndarray:
+    """(speed, acceleration, curvature) [len(ts), 3] from the egomotion: speed from `ego_velocity`,
+    acceleration and yaw rate by central differences over ±half_us (one-sided at the table's ends)."""
+    ts = np.asarray(ts, np.int64)
+    lo = np.clip(ts - half_us, ego.t[0], ego.t[-1])
+    hi = np.clip(ts + half_us, ego.t[0], ego.t[-1])
+    span = (hi - lo) * 1e-6
+    speed = lambda t: np.linalg.norm(ego_velocity(ego, t), axis=-1)
+    yaw = lambda t: np.asarray([relative_poses(ego, np.array([x]), int(ts[0]))[0, 2] for x in t])
+    accel = (speed(hi) - speed(lo)) / span
+    yaw_rate = schema.wrap_angle(yaw(hi) - yaw(lo)) / span
+    return schema.ego_state(speed(ts), accel, yaw_rate)
+
+
 def decode_frames_at(video: bytes, frame_ts: np.ndarray, want_ts: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Frames at or before each wanted timestamp; returns (frames [k, H, W, 3] uint8, their timestamps)."""
     import av
@@ -247,6 +261,7 @@ def make_clip(repo: PaiRepo, clip_id: str, t0: int, ego: Egomotion, config: Phys
         command=np.asarray(commands, np.int32),
         frames=frames,
         history_waypoints=np.stack(history).astype(np.float32),
+        ego_state=ego_state_at(ego, np.asarray(chunk_times, np.int64)),
         camera_names=list(config.cameras),
         intrinsics=np.asarray(intrinsics, np.float32) if full_calib else None,
         extrinsics=np.asarray(extrinsics, np.float32) if len(extrinsics) == len(config.cameras) else None,

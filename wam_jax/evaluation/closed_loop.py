@@ -150,11 +150,13 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
                 future_ego = hw.ego_frame_waypoints(future, pose)
             intent = hw.scene_intent(env, sim_cfg, future if cfg.intent_source == "expert" else None)
             hist_idx = [max(t - k_wp * j, 0) for j in range(cfg.history_poses, 0, -1)]
+            from data_pipelines.sources.highway import episode_ego_state
+            ego_states = episode_ego_state(np.asarray(speeds), np.asarray(poses), np.array([hist_idx[0], t]), dt)
             obs = Observation(
                 time_s=(t - warmup) * dt, frames=np.stack(_history(frames, cfg.history_frames)), ego=state,
                 intent=intent, pose_history=hw.ego_frame_waypoints(np.array([poses[i] for i in hist_idx]), pose),
                 speed_history=np.array([speeds[i] for i in hist_idx]), waypoint_times=sim_cfg.waypoint_times,
-                sim=env, expert_future=future_ego)
+                sim=env, expert_future=future_ego, ego_states=ego_states)
             plan = np.asarray(planner.plan(obs), dtype=np.float64)
             if plan.shape != (sim_cfg.waypoints_per_chunk, 3) or not np.all(np.isfinite(plan)):
                 raise ValueError(f"planner {planner.name!r} returned waypoints of shape {plan.shape} (finite: "

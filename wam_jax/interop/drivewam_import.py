@@ -46,8 +46,10 @@ def read_export_config(src: str) -> dict[str, Any]:
 
 
 def _convert_actions(path: str, wan: WanConfig, expected, dtype: np.dtype) -> dict:
-    out = {g: jax.tree.map(lambda s: np.zeros(s.shape, dtype), expected[g]) for g in wam_lib.ACTION_PARAM_GROUPS}
-    fill_params(safetensors_io.iter_file(path), action_entries(), out, wan, dtype, path)
+    zeros = lambda tree: jax.tree.map(lambda s: np.zeros(s.shape, dtype), tree)
+    out = {g: zeros(expected[g]) for g in wam_lib.ACTION_PARAM_GROUPS + wam_lib.EGO_PARAM_GROUPS}
+    out["blocks"] = zeros(wam_lib.ego_only(expected["blocks"]))      # each block's ego-state branch
+    fill_params(safetensors_io.iter_file(path), action_entries(wan), out, wan, dtype, path)
     return out
 
 
@@ -75,7 +77,9 @@ def import_exported(src: str, dtype: str | None = None,
     wan_params = convert_wan_state(safetensors_io.iter_directory(tdir, fmt.WEIGHTS_STEM), wan, np_dtype)
     expected = nn.unbox(wam_lib.abstract_params(wan, wam))
     params = {g: wan_params[g] for g in wam_lib.WAN_PARAM_GROUPS}
-    params.update(_convert_actions(os.path.join(src, fmt.DRIVEWAM_DIR, fmt.ACTIONS_FILE), wan, expected, np_dtype))
+    own = _convert_actions(os.path.join(src, fmt.DRIVEWAM_DIR, fmt.ACTIONS_FILE), wan, expected, np_dtype)
+    params["blocks"] = wam_lib.with_ego(params["blocks"], own.pop("blocks"))
+    params.update(own)
     return wan, wam, params, doc
 
 

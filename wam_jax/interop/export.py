@@ -65,8 +65,9 @@ class ExportError(ValueError):
     """The parameters cannot be exported as asked (they do not fit the config, OUT is taken, ...)."""
 
 
-def action_entries() -> list[Entry]:
-    """Name table of DriveWAM's own tensors (the torch side of `drivewam_format.ACTION_TENSORS`)."""
+def action_entries(wan: WanConfig) -> list[Entry]:
+    """Name table of DriveWAM's own tensors (the torch side of `drivewam_format.ACTION_TENSORS` and, per block,
+    `EGO_BLOCK_TENSORS`)."""
     entries = []
     for prefix, path, kind in fmt.ACTION_TENSORS:
         if kind == "linear":
@@ -74,6 +75,16 @@ def action_entries() -> list[Entry]:
                         Entry(f"{prefix}.bias", path + ("bias",), None, "vector")]
         else:
             entries.append(Entry(prefix, path, None, kind))
+    for i in range(wan.num_layers):
+        block = ("blocks", "blocks") if wan.scan_layers else ("blocks", f"blocks_{i}")
+        layer = i if wan.scan_layers else None
+        for name, path, kind in fmt.EGO_BLOCK_TENSORS:
+            prefix = f"ego_blocks.{i}.{name}"
+            if kind == "linear":
+                entries += [Entry(f"{prefix}.weight", block + path + ("kernel",), layer, "linear"),
+                            Entry(f"{prefix}.bias", block + path + ("bias",), layer, "vector")]
+            else:
+                entries.append(Entry(prefix, block + path, layer, kind))
     return entries
 
 
@@ -276,7 +287,7 @@ def export_source(source: ParamSource, wan: WanConfig, wam: WamConfig | None, ou
         if wam is not None:
             ddir = os.path.join(staging, fmt.DRIVEWAM_DIR)
             os.makedirs(ddir)
-            act_tensors = _plan(action_entries(), source.shapes, wan)
+            act_tensors = _plan(action_entries(wan), source.shapes, wan)
             _write_weights(ddir, os.path.splitext(fmt.ACTIONS_FILE)[0], act_tensors, source, wan, np_dtype,
                            max_shard_bytes=2 ** 62)
             doc = {"format": fmt.FORMAT, "format_version": fmt.FORMAT_VERSION,

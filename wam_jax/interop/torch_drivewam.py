@@ -105,12 +105,49 @@ class ActionTime(nn.Module):
 
 
 class ActionHead(nn.Module):
-    """adaLN (shift/scale table + time embedding) and projection to the action dims."""
+    """adaLN (shift/scale table + time embedding), then a two-layer MLP to the action dims."""
 
     def __init__(self, dim: int, action_dim: int):
         super().__init__()
         self.scale_shift_table = nn.Parameter(torch.zeros(1, 2, dim))
+        self.linear_1 = nn.Linear(dim, dim)
         self.proj_out = nn.Linear(dim, action_dim)
+
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(F.silu(self.linear_1(h)))
+
+
+class EgoEmbed(nn.Module):
+    """Ego state [B, N, 3] (× scale) → one token per chunk [B, N, D]: linear, SiLU, linear."""
+
+    def __init__(self, dim: int, scale):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
+        self.linear_1 = nn.Linear(3, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, ego: torch.Tensor) -> torch.Tensor:
+        x = (ego.float() * self.scale).to(self.linear_1.weight.dtype)
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class _EgoAttention(nn.Module):
+    """Wan attention's parameter layout (to_q/k/v, to_out.0, RMSNorm over all heads on q and k)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.to_q, self.to_k, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.norm_q, self.norm_k = nn.RMSNorm(dim, eps=eps), nn.RMSNorm(dim, eps=eps)
+
+
+class EgoBlock(nn.Module):
+    """One block's ego-state cross-attention: affine float32 LayerNorm, then attention to the ego tokens."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
+        self.attn = _EgoAttention(dim, eps)
 
 
 def _time_embedding(timesteps_proj, time_embedder, time_proj, t: torch.Tensor):
@@ -147,14 +184,20 @@ def _attention(attn, x, context, rope, mask, heads: int) -> torch.Tensor:
     return attn.to_out[0](out.transpose(1, 2).flatten(2).type_as(q))
 
 
-def _block(blk, x, context, mod, rope, self_mask, cross_mask, heads: int) -> torch.Tensor:
-    """One diffusers WanTransformerBlock with DriveWAM's masks. mod: [B, L, 6, D] float32."""
+def _block(blk, x, context, mod, rope, self_mask, cross_mask, heads: int, ego_blk=None, ego=None,
+           ego_mask=None) -> torch.Tensor:
+    """One diffusers WanTransformerBlock with DriveWAM's masks and ego-state branch (after the text
+    cross-attention, as in wam_jax.models.wan_dit.WanBlock). mod: [B, L, 6, D] float32."""
     m = blk.scale_shift_table.float().unsqueeze(0) + mod
     shift, scale, gate, c_shift, c_scale, c_gate = m.unbind(2)
     h = (blk.norm1(x.float()) * (1 + scale) + shift).type_as(x)
     x = (x.float() + _attention(blk.attn1, h, None, rope, self_mask, heads).float() * gate).type_as(x)
     h = blk.norm2(x.float()).type_as(x)
     x = x + _attention(blk.attn2, h, context, None, cross_mask, heads).type_as(x)
+    if ego_blk is not None:
+        h = F.layer_norm(x.float(), (x.shape[-1],), ego_blk.norm.weight.float(), ego_blk.norm.bias.float(),
+                         ego_blk.norm.eps).type_as(x)
+        x = x + _attention(ego_blk.attn, h, ego, None, ego_mask, heads).type_as(x)
     h = (blk.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
     return (x.float() + blk.ffn(h).float() * c_gate).type_as(x)
 
@@ -187,6 +230,9 @@ class DriveWAMTorch(nn.Module):
         self.action_embed = ActionEmbed(self.action_dim, self.dim)
         self.action_time = ActionTime(tc.freq_dim, self.dim)
         self.action_head = ActionHead(self.dim, self.action_dim)
+        self.layout = config.get("flow", {}).get("layout", "inverse_dynamics")
+        self.ego_embed = EgoEmbed(self.dim, wam.get("ego_scale", (0.1, 0.5, 10.0)))
+        self.ego_blocks = nn.ModuleList([EgoBlock(self.dim, tc.eps) for _ in range(tc.num_layers)])
 
     @classmethod
     def from_pretrained(cls, path: str, torch_dtype: torch.dtype | None = None) -> "DriveWAMTorch":
@@ -204,7 +250,7 @@ class DriveWAMTorch(nn.Module):
         transformer = load_wan_transformer(os.path.join(path, fmt.TRANSFORMER_DIR), torch_dtype)
         model = cls(transformer.eval(), config)
         state = load_file(os.path.join(path, fmt.DRIVEWAM_DIR, fmt.ACTIONS_FILE))
-        expected = set(fmt.action_tensor_names())
+        expected = set(fmt.action_tensor_names(transformer.config.num_layers))
         if set(state) != expected:
             raise ValueError(f"{fmt.ACTIONS_FILE}: missing {sorted(expected - set(state))}, "
                              f"unexpected {sorted(set(state) - expected)}")
@@ -215,7 +261,11 @@ class DriveWAMTorch(nn.Module):
                              f"unexpected {unexpected}")
         if torch_dtype is not None:
             model.action_embed.to(torch_dtype)
+            model.action_head.linear_1.to(torch_dtype)
             model.action_head.proj_out.to(torch_dtype)
+            model.ego_embed.to(torch_dtype)
+            for blk in model.ego_blocks:
+                blk.attn.to(torch_dtype)
         return model.eval()
 
     # ----- layout ---------------------------------------------------------------------------------------
@@ -243,8 +293,16 @@ class DriveWAMTorch(nn.Module):
         per = len(self.positions(1, 1))
         s, n = np.meshgrid(np.arange(streams), np.arange(chunks), indexing="ij")
         sid, cid = np.repeat(s.reshape(-1), per), np.repeat(n.reshape(-1), per)
-        self_mask = (((sid[None] == 0) & (cid[None] < cid[:, None])) |
-                     ((cid[None] == cid[:, None]) & (sid[None] == sid[:, None])))
+        mid = np.tile((np.arange(per) >= per - self.waypoints).astype(int), streams * chunks)   # 0 video, 1 action
+        qs, ks, qc, kc, qm, km = sid[:, None], sid[None], cid[:, None], cid[None], mid[:, None], mid[None]
+        # wam_jax.models.wam.attention_rule, written out again here (this module never imports JAX).
+        earlier_clean = (ks == 0) & (kc < qc)
+        if self.layout == "joint":
+            self_mask = earlier_clean | ((kc == qc) & (ks == qs))
+        else:
+            own = (((qs == 0) & (ks == 0) & ((km == 0) | (qm == 1))) | ((qs != 0) & (ks != 0) & (km == qm))
+                   | ((qs != 0) & (qm == 1) & (ks == 0) & (km == 0)))
+            self_mask = earlier_clean | ((kc == qc) & own)
         cross = cid[:, None] == np.repeat(np.arange(chunks), self.guidance_tokens)[None]
         return self_mask, cross
 
@@ -256,9 +314,10 @@ class DriveWAMTorch(nn.Module):
 
     # ----- forward --------------------------------------------------------------------------------------
     def forward(self, video: torch.Tensor, actions: torch.Tensor, t_video: torch.Tensor, t_action: torch.Tensor,
-                guidance: torch.Tensor | None = None, chunk_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                guidance: torch.Tensor | None = None, chunk_offset: int = 0,
+                ego: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """video [B, S, N, F, H, W, z]; actions [B, S, N, K, A]; t_video, t_action [B, S, N] in [0, 1];
-        guidance [B, N, Lg, text_dim] or None. Returns float32 velocities (video [B, S, N, F, H, W, z],
+        guidance [B, N, Lg, text_dim] or None; ego [B, N, 3] (speed, acceleration, curvature) or None (zeros). Returns float32 velocities (video [B, S, N, F, H, W, z],
         actions [B, S, N, K, A])."""
         tr = self.transformer
         b, s, n = video.shape[:3]
@@ -299,14 +358,19 @@ class DriveWAMTorch(nn.Module):
             cross = torch.from_numpy(cross_mask).to(device)[None, None]
         context = context.to(x.dtype)
 
-        for blk in tr.blocks:
-            x = _block(blk, x, context, mod, rope, self_mask, cross, self.heads)
+        if ego is None:
+            ego = torch.zeros(b, n, 3, device=device)
+        ego_tokens = self.ego_embed(ego.to(device)).to(x.dtype)
+        ego_mask = torch.from_numpy(np.repeat(np.arange(n), lv + k)[:, None] == np.arange(n)[None]).to(device)
+        ego_mask = ego_mask.repeat(s, 1)[None, None]
+        for blk, ego_blk in zip(tr.blocks, self.ego_blocks):
+            x = _block(blk, x, context, mod, rope, self_mask, cross, self.heads, ego_blk, ego_tokens, ego_mask)
 
         x = x.reshape(b, s, n, lv + k, self.dim)
         x_v, x_a = x[:, :, :, :lv].reshape(b, -1, self.dim), x[:, :, :, lv:].reshape(b, -1, self.dim)
         out_v = _head(tr.norm_out, tr.scale_shift_table, tr.proj_out, x_v,
                       temb_v[:, :, :, None].expand(b, s, n, lv, self.dim).reshape(b, -1, self.dim))
-        out_a = _head(tr.norm_out, self.action_head.scale_shift_table, self.action_head.proj_out, x_a,
+        out_a = _head(tr.norm_out, self.action_head.scale_shift_table, self.action_head.mlp, x_a,
                       temb_a[:, :, :, None].expand(b, s, n, k, self.dim).reshape(b, -1, self.dim))
 
         # Unpatchify: token (f, h, w) holds its patch as (pt, ph, pw, C).

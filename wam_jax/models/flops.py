@@ -16,15 +16,19 @@ Dt = text_dim, Df = freq_dim and Pk past (KV-cache) tokens:
       cross q,o      4·B·L·D²
       cross k,v      4·B·Lc·D²
       cross QKᵀ, PV  4·B·D·L·Lx
+      ego q,o        4·B·L·D²                           ego-state cross-attention (one token per chunk)
+      ego k,v        4·B·N·D²
+      ego QKᵀ, PV    4·B·D·L·Le
       FFN            4·B·L·D·Dff
-    heads            2·B·S·N·(Lv·D·P_out + K·D·A)
+    ego embed        2·B·N·(3·D + D²)
+    heads            2·B·S·N·(Lv·D·P_out + K·(D² + D·A))  the action decoder is a 2-layer MLP
 
-Attention is counted two ways. `masked` (useful work; what MFU uses): pairs = S·(Lv+K)²·N(N+1)/2 + L·Pk_valid,
-since a query of chunk n sees its own chunk of its stream and the n earlier clean chunks (see
-`wam.TokenLayout.self_mask`) plus every valid cached token, and Lx = Lg (own chunk's guidance; 1 without).
-`computed` (what the grouped XLA / cuDNN attention multiplies): the masked pairs plus every cached slot, valid or
-not: pairs = masked own pairs + L·Pk_slots, Lx = Lg. `dense` (every pair, what attention computed while it took
-a dense [L, L] mask): pairs = L·(Pk_slots + L), Lx = Lc. A train step is 3 × forward (backward = 2 × forward);
+Attention is counted three ways. `masked` (useful work; what MFU uses): pairs = what `wam.attention_rule`
+allows for the config's layout (a query of chunk n sees the n earlier clean chunks and, within its chunk, what
+the layout allows) plus L·Pk_valid (every valid cached token); Lx = Lg (own chunk's guidance; 1 without),
+Le = 1 (own ego token). `computed` (what the grouped XLA / cuDNN attention multiplies): the masked pairs plus
+every cached slot, valid or not: pairs = masked own pairs + L·Pk_slots, Lx = Lg, Le = 1. `dense` (every pair,
+what attention computed while it took a dense [L, L] mask): pairs = L·(Pk_slots + L), Lx = Lc, Le = N. A train step is 3 × forward (backward = 2 × forward);
 recomputation under remat is not counted, so MFU here is model FLOPs utilisation, not hardware FLOPs utilisation. Not counted anywhere:
 norms, RoPE, softmax, activations, adaLN modulation and other elementwise work (XLA's cost analysis does count
 it: see tests/test_bench.py for the comparison and its tolerance).
@@ -42,20 +46,22 @@ import math
 import re
 
 
-def visible_pairs(streams: int, chunks: int, per_chunk: int) -> int:
-    """Query-key pairs allowed by `TokenLayout.self_mask` for one example: chunk n's queries (either stream)
-    see their own chunk of their own stream and the clean copies of chunks 0..n-1 → (n+1)·per_chunk keys.
-    Counted from `wam.attention_rule` over the token ids (runs of equal ids), so it follows the rule; with one
-    video and one action token per chunk standing for the runs, as the rule depends only on the ids."""
-    return _layout_spec(streams, chunks, per_chunk).pairs()
+def visible_pairs(streams: int, chunks: int, per_chunk: int, action_tokens: int = 1,
+                  layout: str = "joint") -> int:
+    """Query-key pairs allowed by `TokenLayout.self_mask` for one example of chunks of `per_chunk` tokens
+    (`action_tokens` of them actions). Counted from `wam.attention_rule` over the token ids (runs of equal ids),
+    so it follows the rule of `layout`; joint: chunk n's queries see their own chunk of their own stream and the
+    clean copies of chunks 0..n-1 → (n+1)·per_chunk keys."""
+    return _layout_spec(streams, chunks, per_chunk, per_chunk - action_tokens, layout).pairs()
 
 
-def _layout_spec(streams: int, chunks: int, per_chunk: int, video_tokens: int | None = None):
+def _layout_spec(streams: int, chunks: int, per_chunk: int, video_tokens: int | None = None,
+                 layout: str = "joint"):
     from wam_jax.models import wam as wam_lib
     from wam_jax.models.attention import MaskSpec
     video = per_chunk - 1 if video_tokens is None else video_tokens
-    layout = wam_lib.TokenLayout(streams, chunks, video, per_chunk - video)
-    return MaskSpec(layout.token_ids, layout.token_ids, wam_lib.attention_rule)
+    token_layout = wam_lib.TokenLayout(streams, chunks, video, per_chunk - video, layout)
+    return MaskSpec(token_layout.token_ids, token_layout.token_ids, token_layout.rule)
 
 
 def attention_pairs(wam, wan, streams: int, chunks: int, past_tokens: int = 0, block: int = 512) -> dict[str, int]:
@@ -63,7 +69,8 @@ def attention_pairs(wam, wan, streams: int, chunks: int, past_tokens: int = 0, b
     grouped XLA / cuDNN path, computed by splash (whole live [block, block] tiles; cached slots are one more
     always-live column range), and dense (every pair)."""
     from wam_jax.models.splash import _RunsMask, block_size
-    spec = _layout_spec(streams, chunks, wam.video_tokens(wan) + wam.waypoints_per_chunk, wam.video_tokens(wan))
+    spec = _layout_spec(streams, chunks, wam.video_tokens(wan) + wam.waypoints_per_chunk, wam.video_tokens(wan),
+                        wam.layout)
     seq = spec.shape[0]
     bq, bk = block_size(seq, block), block_size(seq + past_tokens, block)
     lq_pad, lk_pad = -(-seq // bq) * bq, -(-(seq + past_tokens) // bk) * bk
@@ -96,12 +103,14 @@ def flop_breakdown(wan, wam, batch: int, streams: int, chunks: int, *, guidance:
     ctx = chunks * lg if guidance else 1               # Lc
     valid = past_tokens if past_valid is None else past_valid
     if attention in ("masked", "computed"):
-        own = _layout_spec(streams, chunks, per_chunk, lv).pairs()
+        own = _layout_spec(streams, chunks, per_chunk, lv, wam.layout).pairs()
         pairs = own + seq * (valid if attention == "masked" else past_tokens)
         cross_keys = lg if guidance else 1
+        ego_keys = 1
     else:
         pairs = seq * (past_tokens + seq)
         cross_keys = ctx
+        ego_keys = chunks
     b = batch
     out = {
         "patch embed": 2.0 * items * lv * patch * wan.in_channels * d,
@@ -112,8 +121,11 @@ def flop_breakdown(wan, wam, batch: int, streams: int, chunks: int, *, guidance:
         "self-attn QK^T,PV": layers * 4.0 * b * d * pairs,
         "cross-attn q,o,k,v": layers * (4.0 * b * seq * d * d + 4.0 * b * ctx * d * d),
         "cross-attn QK^T,PV": layers * 4.0 * b * d * seq * cross_keys,
+        "ego embed": 2.0 * b * chunks * (3 * d + d * d),
+        "ego-attn q,o,k,v": layers * (4.0 * b * seq * d * d + 4.0 * b * chunks * d * d),
+        "ego-attn QK^T,PV": layers * 4.0 * b * d * seq * ego_keys,
         "FFN": layers * 4.0 * b * seq * d * dff,
-        "heads": 2.0 * items * (lv * d * patch * wan.out_channels + k * d * a),
+        "heads": 2.0 * items * (lv * d * patch * wan.out_channels + k * (d * d + d * a)),
     }
     return out
 

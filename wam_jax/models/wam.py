@@ -1,16 +1,19 @@
 """DriveWAM: the Wan video DiT as an autoregressive video-action policy.
 
 Token sequence. An example holds N chunks (a chunk ≈ 4 s of driving); chunk n contributes its video latent
-tokens (F latent frames × h × w patches) followed by its K action tokens (ego waypoints x, y, heading). For
-teacher forcing the sequence holds S=2 *streams* of all chunks: stream 0 clean (timestep 0, the context) and
-stream 1 noised (the prediction targets), trained in one pass. Attention (see `TokenLayout.self_mask`):
+tokens (F latent frames × h × w patches) followed by its K action tokens (normalised ego-frame increments, see
+`wam_jax.actions`). For teacher forcing the sequence holds S=2 *streams* of all chunks: stream 0 clean (the
+context: actions at t = 0, video at t = 0 or, with noisy-history augmentation, at a small τ) and stream 1
+noised (the prediction targets), trained in one pass. Attention is `attention_rule` over per-token ids
+(stream, chunk, modality); the paper's inverse-dynamics layout (default):
 
-    token q may attend to token k  ⇔  (k in the clean stream and chunk(k) < chunk(q))
-                                       or (chunk(k) == chunk(q) and stream(k) == stream(q))
+    every token                → the clean stream of chunks < n
+    clean video n              → clean video n;         clean actions n → clean video n, clean actions n
+    noisy video n              → noisy video n;         noisy actions n → clean video n, noisy actions n
 
-so every chunk sees itself and earlier clean chunks, never later ones (block-causal); the rule is
-`attention_rule` over per-token ids (stream, chunk, modality). With S=1 this is plain
-block-causal attention, used by rollout (past chunks come from the KV cache) and by diffusion forcing.
+so actions are decoded from their chunk's (clean in training, generated at inference) video and never see the
+noisy video; `flow.layout=joint` keeps the older rule (a token sees its whole chunk of its own stream). With
+S=1 (rollout: past chunks come from the KV cache; diffusion forcing) stream 0 follows the clean rows.
 
 RoPE: video token (chunk n, frame f, row i, col j) sits at (n·F + f, i, j); action token k of chunk n at time
 n·F + (k+1)·F/K − 1 (the waypoint's time on the latent-frame axis, the last waypoint on the chunk's last
@@ -22,7 +25,9 @@ Wan's text projection; chunk n's tokens cross-attend only to chunk n's embedding
 attends to one shared all-zero context.
 
 Parameters: `patch_embed`, `condition_embedder`, `blocks`, `head` are exactly the Wan DiT's (an imported Wan
-checkpoint drops in); `action_embed`, `action_time`, `action_head` are new.
+checkpoint drops in) apart from each block's ego-state branch (`norm_ego`, `attn_ego`, zero-initialised output);
+`action_embed`, `action_time`, `action_head` (MLP encoder / MLP decoder of the action increments) and
+`ego_embed` are new. docs/MODEL.md describes the layout, ego branch, objective and sampler.
 """
 
 from __future__ import annotations
@@ -39,12 +44,15 @@ import numpy as np
 
 from wam_jax.config import ConfigError, dataclass_from_config
 from wam_jax.models.attention import MaskSpec
-from wam_jax.models.layers import dense, timestep_features, unpatchify, video_positions
+from wam_jax.models.layers import dense, layer_norm_f32, timestep_features, unpatchify, video_positions
 from wam_jax.models.wan_dit import (ConditionEmbedder, OutputHead, PatchEmbed, WanBlocks, WanConfig,
                                     rope_from_positions)
 
 WAN_PARAM_GROUPS = ("patch_embed", "condition_embedder", "blocks", "head")
 ACTION_PARAM_GROUPS = ("action_embed", "action_time", "action_head")
+EGO_PARAM_GROUPS = ("ego_embed",)          # plus each block's `norm_ego` and `attn_ego` (inside "blocks")
+EGO_BLOCK_PARTS = ("norm_ego", "attn_ego")
+EGO_FEATURES = ("speed m/s", "acceleration m/s^2", "curvature 1/m")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +65,12 @@ class WamConfig:
     action_dim: int = 3                   # x, y, heading
     guidance_tokens: int = 1              # Lg: intent embedding length per chunk
     action_rope_hw: tuple[float, float] | None = None
+    layout: str = "inverse_dynamics"      # attention layout (`attention_rule`); set through config.flow.layout
+    ego_scale: tuple[float, float, float] = (0.1, 0.5, 10.0)   # ego state × this before its MLP (~unit scale)
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"flow.layout={self.layout!r} unknown; choose one of {LAYOUTS}")
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any], where: str = "wam config") -> "WamConfig":
@@ -79,16 +93,34 @@ class WamConfig:
 
 VIDEO, ACTION = 0, 1       # modality ids
 CLEAN, NOISY = 0, 1        # stream ids (teacher forcing: stream 0 clean context, stream 1 noised targets)
+INVERSE_DYNAMICS, JOINT = "inverse_dynamics", "joint"
+LAYOUTS = (INVERSE_DYNAMICS, JOINT)
 
 
-def attention_rule(q: Mapping[str, Any], k: Mapping[str, Any]):
+def attention_rule(q: Mapping[str, Any], k: Mapping[str, Any], layout: str = INVERSE_DYNAMICS):
     """The self-attention mask as a rule over token ids: True where query q may attend to key k.
 
     q, k: {"stream", "chunk", "modality"} integer arrays (numpy or jax) that broadcast against each other.
+    Both layouts: every token sees the clean stream of earlier chunks.
+    inverse_dynamics (the paper's): within chunk n, clean video sees clean video; clean actions see clean video
+      and clean actions; noisy video sees only noisy video; noisy actions see noisy actions and the *clean*
+      video of chunk n (actions are decoded from the chunk's future video), never the noisy video.
+    joint: within chunk n a token sees its whole chunk of its own stream (video and actions denoised together).
+    With one stream (rollout, diffusion forcing) stream 0 follows the clean rows.
     This is the one definition of the mask; `TokenLayout.self_mask` evaluates it densely (reference and tests),
     attention kernels evaluate it per block from the ids."""
-    return (((k["stream"] == CLEAN) & (k["chunk"] < q["chunk"]))
-            | ((k["chunk"] == q["chunk"]) & (k["stream"] == q["stream"])))
+    earlier_clean = (k["stream"] == CLEAN) & (k["chunk"] < q["chunk"])
+    same_chunk = k["chunk"] == q["chunk"]
+    if layout == JOINT:
+        return earlier_clean | (same_chunk & (k["stream"] == q["stream"]))
+    if layout != INVERSE_DYNAMICS:
+        raise ValueError(f"layout {layout!r} unknown; choose one of {LAYOUTS}")
+    q_clean, k_clean = q["stream"] == CLEAN, k["stream"] == CLEAN
+    k_video, q_action = k["modality"] == VIDEO, q["modality"] == ACTION
+    clean_own = q_clean & k_clean & (k_video | q_action)
+    noisy_own = ~q_clean & ~k_clean & (k["modality"] == q["modality"])
+    actions_from_clean_video = ~q_clean & q_action & k_clean & k_video
+    return earlier_clean | (same_chunk & (clean_own | noisy_own | actions_from_clean_video))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +130,11 @@ class TokenLayout:
     chunks: int
     video_tokens: int
     action_tokens: int
+    layout: str = INVERSE_DYNAMICS
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r} unknown; choose one of {LAYOUTS}")
 
     @property
     def per_chunk(self) -> int:
@@ -124,10 +161,14 @@ class TokenLayout:
     def chunk_ids(self) -> np.ndarray:
         return self.token_ids["chunk"]
 
+    def rule(self, q: Mapping[str, Any], k: Mapping[str, Any]):
+        """`attention_rule` of this layout."""
+        return attention_rule(q, k, self.layout)
+
     def self_mask(self) -> np.ndarray:
         """bool [L, L]: `attention_rule` evaluated for every (query row, key column) pair."""
         ids = self.token_ids
-        return attention_rule({n: a[:, None] for n, a in ids.items()}, {n: a[None, :] for n, a in ids.items()})
+        return self.rule({n: a[:, None] for n, a in ids.items()}, {n: a[None, :] for n, a in ids.items()})
 
     def cross_mask(self, guidance_tokens: int) -> np.ndarray:
         """bool [L, N*Lg]: chunk n's tokens see only chunk n's guidance tokens."""
@@ -148,6 +189,16 @@ def same_chunk(q: Mapping[str, Any], k: Mapping[str, Any]):
 def action_time_positions(frames: int, waypoints: int) -> np.ndarray:
     """Latent-frame-axis position of each waypoint within a chunk: (k+1)·F/K − 1."""
     return (np.arange(1, waypoints + 1) * frames / waypoints - 1.0).astype(np.float32)
+
+
+def check_rope_range(wan: WanConfig, wam: WamConfig, chunks: int):
+    """Positions of `chunks` chunks must lie inside Wan's RoPE table: diffusers precomputes `rope_max_seq_len`
+    positions per axis, so an exported model could not run a longer sequence."""
+    f, h, w = wam.grid(wan)
+    need = max(chunks * f, h, w)
+    if need > wan.rope_max_seq_len:
+        raise ValueError(f"{chunks} chunk(s) of {f} latent frames (grid {h}×{w}) need {need} RoPE positions per axis, "
+                         f"model.rope_max_seq_len={wan.rope_max_seq_len}; raise it or roll out fewer chunks")
 
 
 def chunk_positions(wam: WamConfig, wan: WanConfig) -> np.ndarray:
@@ -172,6 +223,40 @@ class ActionEmbed(nn.Module):
         return dense(c.dim, ("embed", "embed_out"), "linear_2", dtype=c.compute_dtype, param_dtype=c.weights_dtype)(h)
 
 
+class ActionDecoder(nn.Module):
+    """Action tokens → velocity of the (normalised) action increments: the final adaLN (shift/scale from the
+    action time embedding, as Wan's head) and a two-layer MLP of width D, its last layer zero-initialised."""
+    wan: WanConfig
+    action_dim: int
+
+    @nn.compact
+    def __call__(self, x, temb):
+        """x: [B, L, D]; temb: [B, L, D] float32 → [B, L, action_dim]."""
+        c = self.wan
+        table = self.param("scale_shift_table",
+                           nn.with_logical_partitioning(lambda k, s, d: jax.random.normal(k, s, d) / c.dim ** 0.5,
+                                                        (None, "embed")), (2, c.dim), c.weights_dtype)
+        h = layer_norm_f32(x, c.eps) * (1 + table[1].astype(jnp.float32) + temb) + table[0].astype(jnp.float32) + temb
+        kw = dict(dtype=c.compute_dtype, param_dtype=c.weights_dtype)
+        h = nn.silu(dense(c.dim, ("embed", "mlp"), "linear_1", **kw)(h.astype(c.compute_dtype)))
+        return dense(self.action_dim, ("mlp", None), "proj_out", kernel_init=nn.initializers.zeros_init(), **kw)(h)
+
+
+class EgoEmbed(nn.Module):
+    """Ego state (speed, acceleration, curvature) [B, N, 3] → one token per chunk [B, N, 1, D]: a two-layer MLP
+    on the scaled state (read by every block's ego-state cross-attention)."""
+    wan: WanConfig
+    scale: tuple[float, ...]
+
+    @nn.compact
+    def __call__(self, ego):
+        c = self.wan
+        x = ego.astype(jnp.float32) * jnp.asarray(self.scale, jnp.float32)
+        kw = dict(dtype=c.compute_dtype, param_dtype=c.weights_dtype)
+        h = nn.silu(dense(c.dim, (None, "embed"), "linear_1", **kw)(x.astype(c.compute_dtype)))
+        return dense(c.dim, ("embed", "embed_out"), "linear_2", **kw)(h)[:, :, None]
+
+
 class ActionTimeEmbed(nn.Module):
     """The action tokens' own timestep embedding + adaLN modulation (same structure as the video's, so it can be
     initialised from the pretrained video time embedder)."""
@@ -193,14 +278,16 @@ class DriveWAM(nn.Module):
     return_kv: bool = False
 
     @nn.compact
-    def __call__(self, video, actions, t_video, t_action, guidance=None, chunk_offset=0, past=None):
+    def __call__(self, video, actions, t_video, t_action, guidance=None, chunk_offset=0, past=None, ego=None):
         """Predicts flow-matching velocities for every token.
 
         video: [B, S, N, F, H, W, z] latents; actions: [B, S, N, K, A] normalised waypoints;
         t_video, t_action: [B, S, N] flow times in [0, 1] (0 = clean); guidance: [B, N, Lg, text_dim] or None;
         chunk_offset: index of the first chunk (scalar, may be traced) for RoPE time positions;
         past: KV cache of earlier chunks {"k", "v": [layers, B, P, H, Dh], "valid": bool [layers, B, P]}; every
-        valid cached token is visible to every token of this call (they all belong to earlier chunks).
+        valid cached token is visible to every token of this call (they all belong to earlier chunks);
+        ego: [B, N, 3] ego state (speed m/s, acceleration m/s², curvature 1/m) at the last observed frame before
+        each chunk, read by chunk n's tokens only; None = zeros.
         Returns (video_velocity [B, S, N, F, H, W, z] f32, action_velocity [B, S, N, K, A] f32, qkv) where qkv
         holds this call's per-layer {"q", "k", "v"} [layers, B, L, H, Dh] when `return_kv`, else None.
         """
@@ -214,7 +301,9 @@ class DriveWAM(nn.Module):
                              f"{(w.latent_frames_per_chunk, w.latent_height, w.latent_width)}")
         if k != w.waypoints_per_chunk or actions.shape[4] != w.action_dim:
             raise ValueError(f"actions {actions.shape[3:]} != configured ({w.waypoints_per_chunk}, {w.action_dim})")
-        layout = TokenLayout(s, n, w.video_tokens(c), k)
+        layout = TokenLayout(s, n, w.video_tokens(c), k, w.layout)
+        if isinstance(chunk_offset, int):       # a traced offset is checked by the caller (RolloutEngine)
+            check_rope_range(c, w, chunk_offset + n)
 
         vid_tok, grid = PatchEmbed(c, name="patch_embed")(video.reshape(b * s * n, *video.shape[3:]))
         vid_tok = vid_tok.reshape(b, s, n, layout.video_tokens, c.dim)
@@ -237,7 +326,7 @@ class DriveWAM(nn.Module):
         rope = rope_from_positions(positions[None], c)
 
         # The masks go in as structure (ids + rule); the attention kernels evaluate them per run / block.
-        self_mask = MaskSpec(layout.token_ids, layout.token_ids, attention_rule)
+        self_mask = MaskSpec(layout.token_ids, layout.token_ids, layout.rule)
         if guidance is None:
             context = embedder.text(jnp.zeros((b, 1, c.text_dim), c.compute_dtype))
             cross_mask = None
@@ -246,15 +335,21 @@ class DriveWAM(nn.Module):
             context = embedder.text(guidance.reshape(b, n * w.guidance_tokens, c.text_dim).astype(c.compute_dtype))
             cross_mask = layout.cross_structure(w.guidance_tokens)
 
+        if ego is None:
+            ego = jnp.zeros((b, n, len(EGO_FEATURES)), jnp.float32)
+        chex.assert_shape(ego, (b, n, len(EGO_FEATURES)))
+        ego_tokens = EgoEmbed(c, w.ego_scale, name="ego_embed")(ego).reshape(b, n, c.dim)
+        ego_mask = layout.cross_structure(1)
+
         x, kv = WanBlocks(c, return_kv=self.return_kv, name="blocks")(tokens, context, mod, rope, self_mask,
-                                                                        cross_mask, past)
+                                                                        cross_mask, past, ego_tokens, ego_mask)
         x = x.reshape(b, s, n, layout.per_chunk, c.dim)
         x_v, x_a = x[:, :, :, :layout.video_tokens], x[:, :, :, layout.video_tokens:]
         pt, ph, pw = c.patch_size
         v_out = OutputHead(c, pt * ph * pw * c.out_channels, name="head")(
             x_v.reshape(b, -1, c.dim),
             jnp.broadcast_to(temb_v[:, :, :, None], (b, s, n, layout.video_tokens, c.dim)).reshape(b, -1, c.dim))
-        a_out = OutputHead(c, w.action_dim, name="action_head")(
+        a_out = ActionDecoder(c, w.action_dim, name="action_head")(
             x_a.reshape(b, -1, c.dim),
             jnp.broadcast_to(temb_a[:, :, :, None], (b, s, n, k, c.dim)).reshape(b, -1, c.dim))
         v_out = unpatchify(v_out.reshape(b * s * n, *grid, -1).astype(jnp.float32), c.patch_size, c.out_channels)
@@ -283,17 +378,46 @@ def abstract_params(wan: WanConfig, wam: WamConfig):
     return jax.eval_shape(lambda r: model.init(r, *dummy_inputs(wan, wam))["params"], jax.random.key(0))
 
 
+def without_ego(tree):
+    """A params subtree minus the blocks' ego-state branch (what a plain Wan checkpoint holds)."""
+    if not isinstance(tree, Mapping):
+        return tree
+    return {k: without_ego(v) for k, v in tree.items() if k not in EGO_BLOCK_PARTS}
+
+
+def ego_only(tree):
+    """The blocks' ego-state branch parts of a params subtree (the same nesting, nothing else)."""
+    if not isinstance(tree, Mapping):
+        return None
+    out = {}
+    for k, v in tree.items():
+        sub = v if k in EGO_BLOCK_PARTS else ego_only(v)
+        if sub:
+            out[k] = sub
+    return out
+
+
+def with_ego(wan_tree, drivewam_tree):
+    """wan_tree with the ego-state branch parts of drivewam_tree put back in (kept freshly initialised)."""
+    if not isinstance(wan_tree, Mapping):
+        return wan_tree
+    out = {k: with_ego(v, drivewam_tree.get(k, {})) for k, v in wan_tree.items()}
+    out.update({k: v for k, v in drivewam_tree.items() if k in EGO_BLOCK_PARTS})
+    return out
+
+
 def merge_pretrained_wan(params: dict, wan_params: dict) -> dict:
     """Puts imported Wan DiT params into a DriveWAM tree; the action time embedder starts as a copy of the
-    pretrained video time embedder (same timestep semantics), the other action parts stay freshly initialised."""
+    pretrained video time embedder (same timestep semantics), the other action parts and the ego-state branch
+    stay freshly initialised (its zero output projection keeps the video prediction the imported Wan's)."""
     merged = dict(params)
     for group in WAN_PARAM_GROUPS:
-        want = jax.tree.map(lambda x: x.shape, params[group])
+        want = jax.tree.map(lambda x: x.shape, without_ego(params[group]))
         got = jax.tree.map(lambda x: x.shape, wan_params[group])
         if want != got:
             raise ValueError(f"pretrained Wan params group {group!r} does not fit the DriveWAM config: "
                              f"{got} vs {want}")
-        merged[group] = wan_params[group]
+        merged[group] = with_ego(wan_params[group], params[group])
     ce = wan_params["condition_embedder"]
     merged["action_time"] = {name: ce[name] for name in ("time_embedder_linear_1", "time_embedder_linear_2",
                                                          "time_proj")}
@@ -302,4 +426,9 @@ def merge_pretrained_wan(params: dict, wan_params: dict) -> dict:
 
 def build_configs(config) -> tuple[WanConfig, WamConfig]:
     """(WanConfig, WamConfig) from an experiment config's `model` and `wam` sections (strict keys)."""
-    return WanConfig.from_config(config.model, "config.model"), WamConfig.from_config(config.wam, "config.wam")
+    wam = dict(config.wam)
+    if "layout" in wam:
+        raise ConfigError("config.wam.layout is not a key: the attention layout is config.flow.layout")
+    flow = config.get("flow") or {}
+    wam["layout"] = flow.get("layout", "inverse_dynamics")
+    return WanConfig.from_config(config.model, "config.model"), WamConfig.from_config(wam, "config.wam")

@@ -154,8 +154,10 @@ class ConditionEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Wan attention: q/k/v projections, RMSNorm over all heads on q and k, optional RoPE, output projection."""
+    """Wan attention: q/k/v projections, RMSNorm over all heads on q and k, optional RoPE, output projection.
+    zero_out: the output projection starts at zero (a branch added to a pretrained model changes nothing)."""
     cfg: WanConfig
+    zero_out: bool = False
 
     @nn.compact
     def __call__(self, x, context=None, rope=None, mask=None, past=None):
@@ -182,7 +184,8 @@ class Attention(nn.Module):
         out = dot_product_attention(q, k, v, mask=mask, past=past, implementation=c.attention)
         out = nn.with_logical_constraint(out, ATTENTION_AXES)
         out = checkpoint_name(out.reshape(*out.shape[:2], c.dim), "attn_out")
-        return dense(c.dim, ("heads", "embed"), "to_out", **kw)(out), own
+        out_init = nn.initializers.zeros_init() if self.zero_out else nn.initializers.xavier_uniform()
+        return dense(c.dim, ("heads", "embed"), "to_out", kernel_init=out_init, **kw)(out), own
 
 
 class FeedForward(nn.Module):
@@ -197,13 +200,17 @@ class FeedForward(nn.Module):
 
 
 class WanBlock(nn.Module):
-    """adaLN block: modulated self-attention, cross-attention to the text, modulated FFN (all gated)."""
+    """adaLN block: modulated self-attention, cross-attention to the text, (DriveWAM only) cross-attention to
+    the ego-state tokens, modulated FFN (all gated). The ego branch's output projection starts at zero, so an
+    imported Wan checkpoint computes exactly what it did until training moves it."""
     cfg: WanConfig
 
     @nn.compact
-    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past=None):
+    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past=None, ego=None,
+                 ego_mask=None):
         """x: [B, L, D]; context: [B, Lc, D]; mod: [B, 1|L, 6, D] float32; rope: (cos, sin);
-        masks: `MaskSpec` or None (see Attention); past: this layer's KV cache (see Attention).
+        masks: `MaskSpec` or None (see Attention); past: this layer's KV cache (see Attention); ego: [B, Le, D]
+        ego-state tokens or None (no ego branch, plain Wan), ego_mask: `MaskSpec` over (tokens, ego tokens).
         Returns (x, {"q", "k", "v"} of this block's self-attention for x's tokens)."""
         c = self.cfg
         table = self.param("scale_shift_table",
@@ -220,6 +227,12 @@ class WanBlock(nn.Module):
         h = AffineLayerNorm(c.eps, c.weights_dtype, name="norm2")(x) if c.cross_attn_norm else x.astype(jnp.float32)
         cross, _ = Attention(c, name="attn2")(h.astype(c.compute_dtype), context=context, mask=cross_mask)
         x = x + cross.astype(dt)
+
+        if ego is not None:
+            h = AffineLayerNorm(c.eps, c.weights_dtype, name="norm_ego")(x)
+            ego_out, _ = Attention(c, zero_out=True, name="attn_ego")(h.astype(c.compute_dtype), context=ego,
+                                                                     mask=ego_mask)
+            x = x + ego_out.astype(dt)
 
         h = (layer_norm_f32(x, c.eps) * (1 + c_scale) + c_shift).astype(c.compute_dtype)
         ff = FeedForward(c, name="ffn")(h)
@@ -238,7 +251,8 @@ class WanBlocks(nn.Module):
     return_kv: bool = False
 
     @nn.compact
-    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past=None):
+    def __call__(self, x, context, mod, rope, self_mask=None, cross_mask=None, past=None, ego=None,
+                 ego_mask=None):
         c = self.cfg
         block_cls = WanBlock
         if c.remat != "none":
@@ -247,7 +261,7 @@ class WanBlocks(nn.Module):
 
         if c.scan_layers:
             def body(block, carry, layer_past):
-                y, qkv = block(carry, context, mod, rope, self_mask, cross_mask, layer_past)
+                y, qkv = block(carry, context, mod, rope, self_mask, cross_mask, layer_past, ego, ego_mask)
                 return y, (qkv if keep else None)
 
             scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -256,7 +270,8 @@ class WanBlocks(nn.Module):
         outs = []
         for i in range(c.num_layers):
             layer_past = None if past is None else jax.tree.map(lambda a: a[i], past)
-            x, qkv = block_cls(c, name=f"blocks_{i}")(x, context, mod, rope, self_mask, cross_mask, layer_past)
+            x, qkv = block_cls(c, name=f"blocks_{i}")(x, context, mod, rope, self_mask, cross_mask, layer_past,
+                                                       ego, ego_mask)
             outs.append(qkv)
         return x, (jax.tree.map(lambda *a: jnp.stack(a), *outs) if keep else None)
 
@@ -320,6 +335,9 @@ class WanTransformer(nn.Module):
             raise ValueError(f"text context has width {context.shape[-1]}, the model expects {c.text_dim}")
         b = latents.shape[0]
         tokens, grid = PatchEmbed(c, name="patch_embed")(latents)
+        if max(grid) > c.rope_max_seq_len:
+            raise ValueError(f"token grid {tuple(grid)} exceeds model.rope_max_seq_len={c.rope_max_seq_len} positions "
+                             "per axis (diffusers' RoPE table)")
         length = tokens.shape[1]
         if timesteps.ndim == 1:
             timesteps = timesteps[:, None]

@@ -18,7 +18,7 @@ from wam_jax.sim import highway as hw
 class Observation:
     """What a planner sees at a replan step.
 
-    Fair inputs: `frames`, `ego`, `intent`, `pose_history`, `speed_history`. The last two fields are
+    Fair inputs: `frames`, `ego`, `intent`, `pose_history`, `speed_history`, `ego_states`. The last two fields are
     privileged simulator access for baselines only; a learned planner must not read them.
     """
 
@@ -31,6 +31,9 @@ class Observation:
     waypoint_times: np.ndarray  # [N] seconds ahead at which the plan's waypoints are expected
     sim: Any = None  # privileged: the live env (do not step it)
     expert_future: np.ndarray | None = None  # privileged: [N, 3] the expert's future in the ego frame
+    # [2, 3] (speed m/s, acceleration m/s², curvature 1/m) at the start of the past chunk and now, computed as
+    # the data sources record a chunk's ego state (data_pipelines.sources.highway.episode_ego_state).
+    ego_states: np.ndarray | None = None
 
 
 class Planner(Protocol):

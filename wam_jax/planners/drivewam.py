@@ -70,7 +70,9 @@ class DriveWAMPlanner:
         g = self.chunk_guidance(obs)
         guidance = None if g is None else (lambda c, _: g)
         self.rng, key = jax.random.split(self.rng)
-        result = run_rollout(self.engine, self.params, lat, act, 1, key, guidance)
+        ego = None if obs.ego_states is None else jnp.asarray(obs.ego_states, jnp.float32)[None, :, None]
+        ego_fn = None if ego is None else (lambda c, _: ego[:, c])     # chunk 0: the past chunk, chunk 1: now
+        result = run_rollout(self.engine, self.params, lat, act, 1, key, guidance, ego_fn=ego_fn)
         self.imagined.append(result.video[0, -1])
         return self.norm.denormalize(result.actions[0, -1])
 

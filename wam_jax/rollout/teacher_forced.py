@@ -1,4 +1,4 @@
-"""Flow-matching samplers over DriveWAM tokens."""
+"""Teacher-forced sampling over DriveWAM tokens: every chunk at once, chunk n given the *given* clean chunks."""
 
 from __future__ import annotations
 
@@ -8,27 +8,26 @@ import jax.numpy as jnp
 from wam_jax import flow_matching as fm
 
 
-def sample_teacher_forced(apply_fn, params, clean_video, clean_actions, guidance, rng, steps: int = 20,
-                          solver: str = "euler", shift: float = 1.0):
-    """Samples every chunk's video and actions from noise, chunk n conditioned on the *given* clean chunks < n
-    (open-loop, one pass per step: the teacher-forcing layout of training).
+def sample_teacher_forced(apply_fn, params, clean_video, clean_actions, guidance, rng, stages, solver: str = "euler",
+                          ego=None):
+    """Samples every chunk's video and actions from noise in the teacher-forcing layout of training (one pass per
+    evaluation, open loop): the noisy stream of chunk n sees the given clean chunks < n; with the
+    inverse-dynamics layout its actions are decoded from the given clean video of chunk n itself.
 
-    clean_video: [B, N, F, h, w, z]; clean_actions: [B, N, K, A]. Returns (video [B, N, F, h, w, z],
-    actions [B, N, K, A]) sampled with `steps` solver steps from t = 1 to 0."""
+    clean_video: [B, N, F, h, w, z]; clean_actions: [B, N, K, A]; stages: `rollout.engine.stage_grids(sampler)`
+    (per stage a video and an action grid of (from, to) steps); ego: [B, N, 3] or None.
+    Returns (video [B, N, F, h, w, z] at the video grid's last time, actions [B, N, K, A])."""
     b, n = clean_actions.shape[:2]
     k_v, k_a = jax.random.split(rng)
-    x_v = jax.random.normal(k_v, clean_video.shape)
-    x_a = jax.random.normal(k_a, clean_actions.shape)
-    split = clean_video[0].size // n
+    x = (jax.random.normal(k_v, clean_video.shape), jax.random.normal(k_a, clean_actions.shape))
+    zeros = jnp.zeros((b, n))
 
     def velocity(x, t):
-        xv, xa = x[:, :split * n].reshape(clean_video.shape), x[:, split * n:].reshape(clean_actions.shape)
-        tt = jnp.full((b, n), t)
-        zeros = jnp.zeros((b, n))
-        pv, pa, _ = apply_fn(params, jnp.stack([clean_video, xv], 1), jnp.stack([clean_actions, xa], 1),
-                             jnp.stack([zeros, tt], 1), jnp.stack([zeros, tt], 1), guidance)
-        return jnp.concatenate([pv[:, 1].reshape(b, -1), pa[:, 1].reshape(b, -1)], axis=1)
+        tv, ta = jnp.full((b, n), t[0]), jnp.full((b, n), t[1])
+        pv, pa, _ = apply_fn(params, jnp.stack([clean_video, x[0]], 1), jnp.stack([clean_actions, x[1]], 1),
+                             jnp.stack([zeros, tv], 1), jnp.stack([zeros, ta], 1), guidance, ego)
+        return pv[:, 1], pa[:, 1]
 
-    x = jnp.concatenate([x_v.reshape(b, -1), x_a.reshape(b, -1)], axis=1)
-    x = fm.integrate(velocity, x, fm.sampling_schedule(steps, shift), solver)
-    return x[:, :split * n].reshape(clean_video.shape), x[:, split * n:].reshape(clean_actions.shape)
+    for _, grid_v, grid_a in stages:
+        x = fm.integrate_steps(velocity, x, (jnp.asarray(grid_v), jnp.asarray(grid_a)), solver)
+    return x

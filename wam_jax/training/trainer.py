@@ -48,6 +48,7 @@ class TrainConfig:
     lr: float = 1e-4
     warmup_steps: int = 0
     end_lr_ratio: float = 0.1        # cosine decays to lr · end_lr_ratio at `steps`
+    lr_halve_at: tuple[int, ...] = ()  # instead of the cosine: constant lr after warmup, halved at these steps
     weight_decay: float = 0.01
     b1: float = 0.9
     b2: float = 0.999
@@ -74,6 +75,12 @@ class TrainConfig:
 
 
 def learning_rate_schedule(tc: TrainConfig) -> optax.Schedule:
+    if tc.lr_halve_at:
+        # join_schedules counts the second schedule's steps from the warmup's end.
+        steps = optax.piecewise_constant_schedule(tc.lr, {int(s) - tc.warmup_steps: 0.5 for s in tc.lr_halve_at})
+        if not tc.warmup_steps:
+            return steps
+        return optax.join_schedules([optax.linear_schedule(0.0, tc.lr, tc.warmup_steps), steps], [tc.warmup_steps])
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0 if tc.warmup_steps else tc.lr, peak_value=tc.lr, warmup_steps=tc.warmup_steps,
         decay_steps=max(tc.steps, tc.warmup_steps + 1), end_value=tc.lr * tc.end_lr_ratio)
@@ -178,9 +185,9 @@ class Trainer:
                                    force=force)
 
     # ----- step --------------------------------------------------------------------------------------------
-    def apply(self, params, video, actions, t_video, t_action, guidance):
+    def apply(self, params, video, actions, t_video, t_action, guidance, ego=None):
         with sharding.activation_context(self.mesh):     # rules + mesh: activation constraints apply
-            return self.model.apply({"params": params}, video, actions, t_video, t_action, guidance)
+            return self.model.apply({"params": params}, video, actions, t_video, t_action, guidance, ego=ego)
 
     def _build_step(self):
         tc, flow, frames = self.tc, self.flow, self.wam.latent_frames_per_chunk
