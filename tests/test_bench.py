@@ -118,7 +118,9 @@ def test_train_and_input_sections(tmp_path):
         assert field in text, field
     flops = res["flops"]
     assert flops["train_step_masked"] == pytest.approx(3 * flops["forward_masked"])
-    assert flops["forward_masked"] < flops["forward_dense"] <= flops["xla_forward"]["cost_analysis"]
+    # XLA's grouped attention computes only the masked pairs; its cost analysis adds the elementwise work.
+    assert flops["forward_masked"] < flops["forward_dense"]
+    assert flops["forward_masked"] <= flops["xla_forward"]["cost_analysis"]
     train = res["train"]
     assert train["step"]["n"] == 1 and train["step"]["median_s"] > 0
     assert train["tokens_per_s"] == pytest.approx(4 * 96 / train["step"]["median_s"])

@@ -165,8 +165,8 @@ def train_shapes(config, wan, wam, batch: int) -> Shapes:
 
 
 def synthetic_raw_batch(config, wan, wam, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random data of the config's shapes: latents [B, N·F, h, w, z], waypoints [B, N, K, A] and, with
-    guidance, intent embeddings [B, N, Lg, text_dim]."""
+    """Random data of the config's shapes: latents [B, N·F, h, w, z], waypoints [B, N, K, A], ego states
+    [B, N, 3] and, with guidance, intent embeddings [B, N, Lg, text_dim]."""
     rng = np.random.default_rng(seed)
     n = int(config.chunks)
     raw = {"latents": rng.standard_normal((batch, n * wam.latent_frames_per_chunk, wam.latent_height,
@@ -174,6 +174,9 @@ def synthetic_raw_batch(config, wan, wam, batch: int, seed: int = 0) -> dict[str
            "waypoints": (np.asarray(config.action_norm.mean, np.float32)
                          + rng.standard_normal((batch, n, wam.waypoints_per_chunk, wam.action_dim)).astype(np.float32)
                          * np.asarray(config.action_norm.std, np.float32))}
+    # Ego state (speed m/s, acceleration m/s², curvature 1/m) as every data source carries it.
+    raw["ego_state"] = (np.array([10.0, 0.0, 0.0]) + rng.standard_normal((batch, n, 3))
+                        * np.array([2.0, 0.5, 0.01])).astype(np.float32)
     if config.guidance.enabled:
         raw["guidance"] = rng.standard_normal((batch, n, wam.guidance_tokens, wan.text_dim)).astype(np.float32)
     return raw
@@ -569,8 +572,8 @@ def memory_section(config, wan, wam, steps: int, warmup: int, batch: int, kv_chu
         stages = list(dict.fromkeys(s for t in timed for s in t))
         stage_names += [s for s in stages if s not in stage_names]
         cache_shape = jax.eval_shape(lambda: eng.init_cache(batch))
-        compiled = eng._commit.lower(params, cache_shape, jnp.int32(ctx), jnp.asarray(video[:, 0]),
-                                     jnp.asarray(actions[:, 0]), guid).compile()
+        compiled = eng._commit.lower(params, cache_shape, jnp.int32(ctx), jnp.asarray(video[:, 0]), jnp.float32(0.0),
+                                     jnp.asarray(actions[:, 0]), guid, None).compile()
         modes[mode] = {"slots": eng.sizes.slots, "stages_s": {s: statistics.fmean(t.get(s, 0.0) for t in timed)
                                                               for s in stages},
                        "chunk_s": statistics.fmean(sum(t.values()) for t in timed), "timed_chunks": len(timed),
