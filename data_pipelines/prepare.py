@@ -5,6 +5,7 @@ latent basis. The step between `build` and `train`:
 
 Writes into the dataset directory (the versioned folder `build` printed):
     action_norm.json    {"mean": [K][A], "std": [K][A]}: per-waypoint statistics of every clip's waypoints
+                        (action_norm_increments.json: of their increments, for configs that train on increments)
     pca_latents.npz     the PCA basis of the frames' pixel blocks (only for a config with latent.kind == "pca")
 
 `train` calls `complete_config` itself: a config whose `action_norm.from_data` is true gets the dataset's
@@ -119,7 +120,8 @@ def prepare_main(args) -> int:
         config = _default_config()
     with config.unlocked():
         config.data.data_dir = args.data
-    stats = action_norm_for(args.data, refit=args.refit)
+    stats = action_norm_for(args.data, refit=args.refit,
+                            representation=config.action_norm.get("representation", "waypoints"))
     print(f"action statistics: mean[0] {np.round(stats['mean'][0], 3).tolist()} std[0] "
           f"{np.round(stats['std'][0], 3).tolist()} ({len(stats['mean'])} waypoints)")
     if config.latent.kind == "pca":

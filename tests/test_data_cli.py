@@ -71,4 +71,4 @@ def test_vae_pre_encoding_hook(tmp_path, capsys):
     with pipeline.make_pipeline(dict(data_dir=out, batch_size=2, shard_index=0, shard_count=1,
                                      chunks_per_example=1)).iterator() as it:
         batch = next(it)
-    assert sorted(batch) == ["command", "latents", "waypoints"] and batch["latents"].shape == (2, 1, 2, 2, 4)
+    assert sorted(batch) == ["command", "ego_state", "latents", "waypoints"] and batch["latents"].shape == (2, 1, 2, 2, 4)
