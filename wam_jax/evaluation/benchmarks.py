@@ -8,7 +8,7 @@ at `inp.times_s`, or `[K, T, 3]` samples (the first sample is the one scored by 
 Planners:
   expert             oracle: replays the logged future (`inp.logged_future`; privileged, for tests and ceilings)
   constant_velocity  straight ahead at the current speed
-  drivewam           a trained DriveWAM checkpoint (`--checkpoint DIR --config FILE`) through
+  drivewam           a trained DriveWAM checkpoint (`--checkpoint DIR`, its saved config or `--config`) through
                      `wam_jax.planners.drivewam.DriveWAMPlanner`; its chunk of waypoints is interpolated to the
                      benchmark's times (it cannot plan past its own chunk horizon).
 """
@@ -81,12 +81,10 @@ class DriveWAMBench:
     name = "drivewam"
     needs_frames = True
 
-    def __init__(self, checkpoint: str, config_spec: str, overrides: Sequence[str] = ()):
+    def __init__(self, checkpoint: str, config):
         from wam_jax import planners
-        from wam_jax.config import load_config
         from wam_jax.experiment import Experiment
 
-        config = load_config(config_spec, list(overrides))
         self.sim_cfg = Experiment(config).sim
         self.planner = planners.build_planner(planners.LEARNED_PLANNER, self.sim_cfg, checkpoint, config)
         self.planner.reset(0)
@@ -164,19 +162,20 @@ def interpolate_waypoints(src_times: np.ndarray, waypoints: np.ndarray, times: n
 PLANNERS: dict[str, Callable[..., Any]] = {
     "expert": lambda **_: ExpertReplay(),
     "constant_velocity": lambda **_: ConstantVelocity(),
-    "drivewam": lambda checkpoint=None, config=None, overrides=(), **_: DriveWAMBench(checkpoint, config, overrides),
+    "drivewam": lambda checkpoint=None, config=None, **_: DriveWAMBench(checkpoint, config),
 }
 
 
-def build_planners(names: Sequence[str], checkpoint: Optional[str] = None, config: Optional[str] = None,
-                   overrides: Sequence[str] = ()) -> dict[str, Any]:
+def build_planners(names: Sequence[str], checkpoint: Optional[str] = None, config: Any = None) -> dict[str, Any]:
+    """Benchmark planners by name; `config` is the experiment ConfigDict the checkpoint was trained with."""
     out = {}
     for name in names:
         if name not in PLANNERS:
             raise KeyError(f"unknown benchmark planner {name!r}; known: {sorted(PLANNERS)}")
-        if name == "drivewam" and (not checkpoint or not config):
-            raise ValueError("the drivewam planner needs --checkpoint DIR and --config FILE (the training experiment)")
-        out[name] = PLANNERS[name](checkpoint=checkpoint, config=config, overrides=overrides)
+        if name == "drivewam" and (not checkpoint or config is None):
+            raise ValueError("the drivewam planner needs --checkpoint DIR and its experiment config (--config FILE, "
+                             "or the run's saved config.json)")
+        out[name] = PLANNERS[name](checkpoint=checkpoint, config=config)
     return out
 
 

@@ -44,6 +44,7 @@ import shapely
 
 from data_pipelines.sources import navsim as navsim_src
 from data_pipelines import schema
+from wam_jax import cli as wam_cli
 from wam_jax.evaluation import benchmarks
 from wam_jax.metrics import navsim_sim
 from wam_jax.metrics.navsim import pdms
@@ -358,9 +359,8 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--split", default="test", help="navsim_logs/<split> (navtest = test)")
     p.add_argument("--maps", default=None, help="nuPlan maps root (default $NUPLAN_MAPS_ROOT or <src>/maps)")
     p.add_argument("--planners", default="expert,constant_velocity", help=f"comma-separated, of {sorted(benchmarks.PLANNERS)}")
-    p.add_argument("--checkpoint", default=None, help="DriveWAM training workdir (for the drivewam planner)")
-    p.add_argument("--config", default=None, help="experiment file the checkpoint was trained with")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    wam_cli.add_config_args(p, checkpoint_arg=True,
+                            checkpoint_help="DriveWAM training workdir (for the drivewam planner)")
     p.add_argument("--frame-interval", type=int, default=1, help="stride between scenes in frames")
     p.add_argument("--max-scenes", type=int, default=None)
     p.add_argument("--out", default="out/eval_navsim")
@@ -368,7 +368,8 @@ def cli(argv: list[str]) -> int:
     names = [n.strip() for n in args.planners.split(",") if n.strip()]
     start = time.time()
     try:
-        planners = benchmarks.build_planners(names, args.checkpoint, args.config, args.overrides)
+        config = wam_cli.config_from_args(args, args.checkpoint, required=False)
+        planners = benchmarks.build_planners(names, args.checkpoint, config)
         scenes = list(iter_scenes(args.src, args.split, args.maps, args.frame_interval, args.max_scenes))
         if not scenes:
             raise ValueError(f"no scenes in {args.src}/navsim_logs/{args.split} (every window lacks route roadblocks "

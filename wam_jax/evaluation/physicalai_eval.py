@@ -30,6 +30,7 @@ import pandas as pd
 
 from data_pipelines import schema
 from data_pipelines.sources import physicalai as pai
+from wam_jax import cli as wam_cli
 from wam_jax.evaluation import benchmarks
 from wam_jax.metrics import trajectory
 
@@ -140,9 +141,8 @@ def cli(argv: list[str]) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--src", required=True, help="local copy of nvidia/PhysicalAI-Autonomous-Vehicles")
     p.add_argument("--planners", default="expert,constant_velocity", help=f"comma-separated, of {sorted(benchmarks.PLANNERS)}")
-    p.add_argument("--checkpoint", default=None, help="DriveWAM training workdir (for the drivewam planner)")
-    p.add_argument("--config", default=None, help="experiment file the checkpoint was trained with")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    wam_cli.add_config_args(p, checkpoint_arg=True,
+                            checkpoint_help="DriveWAM training workdir (for the drivewam planner)")
     p.add_argument("--horizon", type=float, default=FUTURE_STEPS * STEP_S,
                    help="seconds of future to plan and score (default 6.4; drivewam plans one 4 s chunk: use 4)")
     p.add_argument("--event-t0s", action="store_true", help="score every clip_index event_t0s instead of t0 = 5.1 s")
@@ -154,7 +154,8 @@ def cli(argv: list[str]) -> int:
     names = [n.strip() for n in args.planners.split(",") if n.strip()]
     start = time.time()
     try:
-        planners = benchmarks.build_planners(names, args.checkpoint, args.config, args.overrides)
+        config = wam_cli.config_from_args(args, args.checkpoint, required=False)
+        planners = benchmarks.build_planners(names, args.checkpoint, config)
         ids = [c for c in args.clips.split(",") if c]
         clips = list(iter_clips(args.src, args.horizon, args.event_t0s, ids, args.max_scenes))
         if not clips:
