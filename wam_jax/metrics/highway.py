@@ -27,13 +27,6 @@ from wam_jax.metrics import navsim, navsim_comfort, trajectory
 HIGHWAY_COMFORT = ("lon_accel", "lat_accel", "jerk", "yaw_rate")
 
 
-def _box_polygon(x, y, heading, length, width):
-    from shapely.geometry import Polygon
-
-    from wam_jax.sim.highway import box_corners
-    return Polygon(box_corners((x, y), heading, length, width))
-
-
 def ttc_violation(ego: np.ndarray, others: np.ndarray, offsets_s: Sequence[float] = navsim.TTC_OFFSETS_S,
                   range_m: float = 60.0, length: float = 5.0, width: float = 2.0) -> bool:
     """Whether the ego box `ego` = [x, y, heading, speed] (world frame) moved forward at constant velocity by any
@@ -41,14 +34,18 @@ def ttc_violation(ego: np.ndarray, others: np.ndarray, offsets_s: Sequence[float
     moved the same way. "Ahead" = the other centre lies in front of the ego centre along the ego heading."""
     if len(others) == 0:
         return False
+    from shapely.geometry import Polygon
+
+    from wam_jax.sim.highway import box_corners   # imported here, once per check: the sim pulls in highway-env
+    box = lambda x, y, heading, length, width: Polygon(box_corners((x, y), heading, length, width))
     x, y, h, v = (float(a) for a in ego[:4])
     d = others[:, :2] - np.array([x, y])
     ahead = (d @ np.array([math.cos(h), math.sin(h)]) > 0) & (np.hypot(d[:, 0], d[:, 1]) < range_m)
     for row in others[ahead]:
         ox, oy, oh, ov, ol, ow = (float(a) for a in row)
         for tau in offsets_s:
-            ego_box = _box_polygon(x + v * tau * math.cos(h), y + v * tau * math.sin(h), h, length, width)
-            other_box = _box_polygon(ox + ov * tau * math.cos(oh), oy + ov * tau * math.sin(oh), oh, ol, ow)
+            ego_box = box(x + v * tau * math.cos(h), y + v * tau * math.sin(h), h, length, width)
+            other_box = box(ox + ov * tau * math.cos(oh), oy + ov * tau * math.sin(oh), oh, ol, ow)
             if ego_box.intersects(other_box):
                 return True
     return False
