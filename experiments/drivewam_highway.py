@@ -1,7 +1,7 @@
 """DriveWAM on highway-env: the embedded default that `make demo` runs end to end on a CPU.
 
 Data: expert (IDM + MOBIL) clips rendered as 64×64 ego-centred frames at 5 Hz, 4-s chunks with 8 waypoints at
-2 Hz; pixel blocks (space-to-depth 8, one frame every 2 s), scene-rule intents embedded by the
+2 Hz; pixel blocks (space-to-depth 8, one frame a second), scene-rule intents embedded by the
 word_hash text encoder. Latents: space-to-depth pixel blocks projected on their principal components (a
 linear autoencoder fit on the training frames). Model: a small Wan-architecture DiT trained from scratch.
 
@@ -21,11 +21,11 @@ def get_config(arg=None):
                     init=one_of("scratch", "wan"), layers=3)
     c = ml_collections.ConfigDict()
     c.seed = arg.seed
-    s2d, stride = 8, 10
+    s2d, stride = 8, 5
     z = 16       # latent channels: 8×8×3 pixel blocks projected on their top 16 principal components
     c.model = wan_model_config("tiny", num_attention_heads=2, attention_head_dim=32, num_layers=arg.layers,
                                ffn_dim=256, in_channels=z, out_channels=z, text_dim=32, freq_dim=64)
-    # 20 frames per 4-s chunk / stride 10 → 2 latent frames of 8×8 (64×64 px / 8).
+    # 20 frames per 4-s chunk / stride 5 → 4 latent frames of 8×8 (64×64 px / 8): one per second ahead.
     c.wam = dict(latent_frames_per_chunk=20 // stride, latent_height=64 // s2d, latent_width=64 // s2d,
                  waypoints_per_chunk=8, action_dim=3, guidance_tokens=4, action_rope_hw=None)
     c.chunks = 2                     # one context chunk + one predicted chunk per training example
@@ -58,6 +58,6 @@ def get_config(arg=None):
     c.closed_loop = dict(episode_s=20.0, warmup_s=4.0, replan_s=1.0, history_frames=21, history_poses=8,
                          intent_source="scene", expert_ade=True, video=True, plots=True)
     # Expert demonstrations with small steering bursts (noise injection) so the data shows lane recovery.
-    c.dataset = dict(num_clips=arg.clips, num_chunks=5, seed=0, heldout_seed=100000, perturb_steering=0.05,
+    c.dataset = dict(num_clips=arg.clips, num_chunks=5, seed=0, heldout_seed=100000, heldout_clips=4, perturb_steering=0.05,
                      perturb_rate_hz=0.3, perturb_s=0.6)
     return c

@@ -21,16 +21,18 @@ import time
 import numpy as np
 
 from wam_jax import cli as wam_cli
+from wam_jax.tools import tables
 
 EXPERIMENT = "experiments/drivewam_highway.py"
 EVAL_SEED = 50_000          # held-out scenes: training clips come from seeds 0, 1, 2, ...
+PLANNERS = ("expert", "constant_velocity", "idm_lane_keep", "drivewam")
 
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def build_datasets(config, out: str, heldout_clips: int = 2):
+def build_datasets(config, out: str):
     """(train dataset dir, held-out dataset dir); reuses what exists."""
     import dataclasses
 
@@ -42,7 +44,7 @@ def build_datasets(config, out: str, heldout_clips: int = 2):
     sim = dataclasses.replace(Experiment(config).sim, perturb_steering=ds.perturb_steering,
                               perturb_rate_hz=ds.perturb_rate_hz, perturb_s=ds.perturb_s)
     dirs = []
-    for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", heldout_clips, ds.heldout_seed)):
+    for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", ds.heldout_clips, ds.heldout_seed)):
         cfg = HighwayConfig(name=f"demo_{name}", num_clips=clips, seed=seed, num_chunks=ds.num_chunks, sim=sim)
         start = time.perf_counter()
         path = builders.build(WamHighway, cfg, os.path.join(out, "data" if name == "train" else "heldout"))
@@ -51,50 +53,25 @@ def build_datasets(config, out: str, heldout_clips: int = 2):
     return dirs
 
 
-def imagine_heldout(config, params, heldout_dir: str, out: str, chunks: int = 3) -> dict:
-    """Context = the first real chunk of a held-out clip; the model imagines the next `chunks` chunks with the
-    KV-cached rollout. Writes real | imagined video and a trajectory plot; returns ADE/FDE of the plan."""
-    import jax
-    import jax.numpy as jnp
+def imagine_heldout(config, params, heldout_dir: str, out: str) -> dict:
+    """Imagination on every chunk pair of the held-out clips (`evaluation.imagination`: model vs copy-last-frame,
+    latent MSE and pixel PSNR per second ahead, open-loop plan ADE vs constant velocity); writes the first pairs'
+    real | imagined | copy-last frames as real_vs_imagined.png/.mp4."""
     from data_pipelines import pipeline
-    from wam_jax.experiment import Experiment
-    from wam_jax.models import latents
-    from wam_jax.rollout.engine import chain_waypoints, plot_paths, run_rollout
+    from wam_jax.evaluation import imagination
     from wam_jax.tools import video_io
 
-    exp = Experiment(config)
-    clip = next(iter(pipeline.iter_clips(heldout_dir)))
-    n = min(chunks + 1, len(clip.waypoints))
-    per_chunk = len(clip.frames) // len(clip.waypoints)
-    frames = clip.frames[: n * per_chunk][None]
-    lat = latents.encode_frames(frames, config)
-    wam = exp.wam
-    f = wam.latent_frames_per_chunk
-    lat = lat.reshape(1, n, f, *lat.shape[2:])
-    norm = exp.action_norm
-    actions = norm.normalize(clip.waypoints[None, :n].astype(np.float32))
-    guidance = None
-    if exp.guidance is not None and clip.intent is not None:
-        # The recorded intent of each chunk, through the same guidance object the planner uses.
-        chunk_guidance = [jnp.asarray(exp.guidance.embed(None, {"intent": [text]})[:, None]) for text in clip.intent[:n]]
-        guidance = lambda c, _: chunk_guidance[c]
-    engine = exp.engine()
-    ego_fn = None if clip.ego_state is None else (lambda c, _: jnp.asarray(clip.ego_state[None, c:c + 1]))
-    result = run_rollout(engine, params, lat[:, :1], actions[:, :1], n - 1, jax.random.key(0), guidance,
-                         ego_fn=ego_fn)
-    imagined = latents.decode_latents(result.video[0].reshape(-1, *result.video.shape[3:])[None], config)[0]
-    real = latents.decode_latents(lat[0].reshape(-1, *lat.shape[3:])[None], config)[0]
-    side = np.concatenate([real, np.full_like(real[:, :, :2], 255), imagined], axis=2)
-    side = np.repeat(np.repeat(side, 4, axis=1), 4, axis=2)
-    video_io.write_video(os.path.join(out, "real_vs_imagined.mp4"), side, fps=2.0)
-    strip = np.concatenate(list(side[f::f]), axis=0) if len(side) > f else side[-1]
-    _save_png(os.path.join(out, "real_vs_imagined.png"), strip)
-    planned = norm.denormalize(result.actions[0])
-    path, ref = chain_waypoints(planned), chain_waypoints(clip.waypoints[:n])
-    plot_paths(os.path.join(out, "imagined_trajectory.png"), path, ref, wam.waypoints_per_chunk, n)
-    gen = slice(wam.waypoints_per_chunk, None)
-    err = np.linalg.norm(path[gen, :2] - ref[gen, :2], axis=-1)
-    return {"chunks": n - 1, "ade_m": float(err.mean()), "fde_m": float(err[-1])}
+    clips = list(pipeline.iter_clips(heldout_dir))
+    result = imagination.evaluate(config, params, clips)
+    ex = result.pop("example")
+    gap = lambda a: np.full_like(a[:, :, :2], 255)
+    side = np.concatenate([ex["real"], gap(ex["real"]), ex["model"], gap(ex["real"]), ex["model_mean"],
+                           gap(ex["real"]), ex["copy_last"]], axis=2)
+    side = np.repeat(np.repeat(side, 4, axis=1), 4, axis=2)            # [F, H, W, 3], one row per second ahead
+    video_io.write_video(os.path.join(out, "real_vs_imagined.mp4"), side, fps=1.0)
+    _save_png(os.path.join(out, "real_vs_imagined.png"), np.concatenate(list(side), axis=0))
+    tables.write_json(os.path.join(out, "imagination.json"), result)
+    return result
 
 
 def _save_png(path: str, image: np.ndarray) -> None:
@@ -102,12 +79,11 @@ def _save_png(path: str, image: np.ndarray) -> None:
     iio.imwrite(path, image)
 
 
-def prepare_data(config, out: str, heldout_clips: int = 2):
+def prepare_data(config, out: str):
     """Builds (or reuses) the datasets next to config.data.data_dir and fills what the config leaves to the data
     (action statistics, PCA latent basis: `python -m data_pipelines prepare`); returns (train dir, held-out dir)."""
     from data_pipelines import prepare
-    train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out,
-                                            heldout_clips)
+    train_dir, heldout_dir = build_datasets(config, os.path.dirname(config.data.data_dir.rstrip("/")) or out)
     with config.unlocked():
         config.data.data_dir = train_dir
     prepare.complete_config(config, log=_log)
@@ -134,8 +110,7 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
 
     exp = Experiment(config)
     sim_cfg, cl_cfg = exp.sim, exp.closed_loop
-    planners = {name: planner_table.build_planner(name, sim_cfg, workdir, config)
-                for name in ("expert", "constant_velocity", planner_table.LEARNED_PLANNER)}
+    planners = {name: planner_table.build_planner(name, sim_cfg, workdir, config) for name in PLANNERS}
     params, step = planners[planner_table.LEARNED_PLANNER].params, planners[planner_table.LEARNED_PLANNER].checkpoint_step
     start = time.perf_counter()
     eval_dir = os.path.join(out, "eval")
@@ -160,14 +135,45 @@ def numerics_environment() -> dict:
             "jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__}
 
 
-def verdict(aggregates: dict) -> str:
-    ours, cv = aggregates["drivewam"], aggregates["constant_velocity"]
-    better = ours["collision_rate"] < cv["collision_rate"] or ours["progress_m"] > cv["progress_m"]
-    not_worse = ours["collision_rate"] <= cv["collision_rate"] and ours["progress_m"] >= cv["progress_m"]
-    head = ("DriveWAM beats constant velocity" if better and not_worse
-            else "DriveWAM does NOT beat constant velocity on collision rate and progress")
-    return (f"{head} (collisions {ours['collision_rate']:.2f} vs {cv['collision_rate']:.2f}, "
-            f"progress {ours['progress_m']:.0f} m vs {cv['progress_m']:.0f} m).")
+def targets(aggregates: dict, imagination: dict | None) -> list[tuple[str, bool, str]]:
+    """The issue's targets for the demo, each (name, met, measured values)."""
+    ours, cv, expert = aggregates["drivewam"], aggregates["constant_velocity"], aggregates["expert"]
+    idm = aggregates.get("idm_lane_keep")
+    n = ours["episodes"]
+    rows = [
+        ("collisions <= expert + 1 episode", ours["collision_rate"] * n <= expert["collision_rate"] * n + 1,
+         f"{ours['collision_rate'] * n:.0f} vs expert {expert['collision_rate'] * n:.0f} of {n}"),
+        ("off-road <= 0.1", ours["off_road_rate"] <= 0.1, f"{ours['off_road_rate']:.2f}"),
+        ("progress >= 0.95 x expert", ours["progress_m"] >= 0.95 * expert["progress_m"],
+         f"{ours['progress_m']:.0f} m vs {0.95 * expert['progress_m']:.0f} m"),
+        ("PDMS >= 0.85", ours["pdms"] >= 0.85, f"{ours['pdms']:.3f}"),
+        ("PDMS > constant velocity" + (" and IDM lane keeping" if idm else ""),
+         ours["pdms"] > cv["pdms"] and (idm is None or ours["pdms"] > idm["pdms"]),
+         f"{ours['pdms']:.3f} vs {cv['pdms']:.3f}" + (f" / {idm['pdms']:.3f}" if idm else "")),
+    ]
+    if imagination:
+        plan = imagination["plan_ade_m"]
+        if "constant_velocity" in plan:
+            rows.append((f"open-loop ADE@{imagination['plan_horizon_s']:g}s < constant velocity",
+                         plan["model"] < plan["constant_velocity"],
+                         f"{plan['model']:.2f} m vs {plan['constant_velocity']:.2f} m"))
+        offsets = imagination["offsets_s"]
+        for o in (1.0, 4.0):
+            if not any(abs(o - x) < 1e-6 for x in offsets):
+                continue
+            i = min(range(len(offsets)), key=lambda j: abs(offsets[j] - o))
+            m, c = imagination["latent_mse"], imagination["psnr_db"]
+            rows.append((f"imagination latent MSE @{o:g}s < copy-last-frame", m["model"][i] < m["copy_last"][i],
+                         f"{m['model'][i]:.4f} vs {m['copy_last'][i]:.4f} (mean estimate {m['model_mean'][i]:.4f})"))
+            rows.append((f"imagination PSNR @{o:g}s > copy-last-frame", c["model"][i] > c["copy_last"][i],
+                         f"{c['model'][i]:.2f} vs {c['copy_last'][i]:.2f} dB (mean estimate "
+                         f"{c['model_mean'][i]:.2f}, codec ceiling {c['codec'][i]:.2f})"))
+    return rows
+
+
+def format_targets(rows) -> str:
+    return tables.format_table(["target", "met", "measured"], [[name, "yes" if ok else "NO", value]
+                                                              for name, ok, value in rows])
 
 
 @wam_cli.user_errors
@@ -176,7 +182,7 @@ def cli(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/demo")
     wam_cli.add_config_args(parser, config_default=EXPERIMENT)
-    parser.add_argument("--episodes", type=int, default=8, help="held-out closed-loop episodes per planner")
+    parser.add_argument("--episodes", type=int, default=16, help="held-out closed-loop episodes per planner")
     parser.add_argument("--fresh", action="store_true", help="delete OUT first")
     args = parser.parse_args(argv)
     from wam_jax.config import load_config
@@ -187,13 +193,22 @@ def cli(argv: list[str]) -> int:
     spec = args.config + ("," if ":" in args.config else ":") + f"data_dir={os.path.join(args.out, 'data')}"
     config = load_config(spec, args.set)
     summary = run(config, args.out, args.episodes, config_name=args.config, overrides=args.set)
+    from wam_jax.evaluation import imagination as imagination_lib
     imagination = summary["imagination"]
+    plan = imagination["plan_ade_m"]
     lines = [
-        "", "Closed loop in highway-env (held-out seeds)", summary["table"], "", verdict(summary["aggregates"]),
-        f"Open-loop imagination on a held-out clip: {imagination['chunks']} chunks, ADE {imagination['ade_m']:.2f} m, "
-        f"FDE {imagination['fde_m']:.2f} m.",
-        f"Outputs in {args.out}: eval/results.txt, eval/*.mp4 + *.png (per episode), real_vs_imagined.mp4/.png, "
-        f"imagined_trajectory.png, run/ (checkpoints, tensorboard).",
+        "", "Closed loop in highway-env (held-out seeds)", summary["table"], "",
+        f"Imagination on held-out clips ({imagination['pairs']} chunk pairs: one real chunk -> the next 4 s; "
+        f"model = a {imagination['video_steps']}-step sample, model_mean = its one-step mean estimate)",
+        imagination_lib.format_table(imagination), "",
+        f"Open-loop plan of the next chunk ({imagination['plan_horizon_s']:g} s): ADE {plan['model']:.2f} m, "
+        f"FDE {plan['model_fde']:.2f} m" + (f"; constant velocity ADE {plan['constant_velocity']:.2f} m, FDE "
+                                          f"{plan['constant_velocity_fde']:.2f} m" if "constant_velocity" in plan
+                                          else ""), "",
+        "Targets (issue 17)", format_targets(targets(summary["aggregates"], imagination)), "",
+        f"Outputs in {args.out}: eval/results.txt, eval/*.mp4 + *.png (per episode), real_vs_imagined.mp4/.png "
+        f"(rows: 1 s ... 4 s ahead; columns: real | sample | mean | copy-last), imagination.json, "
+        f"run/ (checkpoints, tensorboard).",
         f"Total {time.perf_counter() - t0:.0f} s. Numbers are bit-identical for the same seed, CPU count and "
         f"library versions: {', '.join(f'{k} {v}' for k, v in numerics_environment().items())}.",
     ]

@@ -29,11 +29,12 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def seed_config(out: str, seed: int, steps: int, clips: int, chunks: int, overrides=()):
+def seed_config(out: str, seed: int, steps: int, clips: int, chunks: int, overrides=(), heldout: int = 3):
     from wam_jax.config import load_config
     data_dir = os.path.join(out, "data", "data")
     config = load_config(f"{EXPERIMENT}:seed={seed},steps={steps},clips={clips},data_dir={data_dir}",
-                         [f"chunks={chunks}", f"dataset.num_chunks={chunks}", *overrides])
+                         [f"chunks={chunks}", f"dataset.num_chunks={chunks}", f"dataset.heldout_clips={heldout}",
+                          *overrides])
     with config.unlocked():
         config.train.checkpoint_every = min(steps, 250)      # a killed run resumes (Trainer.run restores)
     return config
@@ -163,8 +164,8 @@ def run(out: str, seeds, steps: int, clips: int, chunks: int, heldout: int, budg
         if seed in per_seed:
             _log(f"[seed {seed}] done before, reusing its results")
             continue
-        config = seed_config(out, seed, steps, clips, chunks, overrides)
-        _, heldout_dir = demo.prepare_data(config, os.path.join(out, "data"), heldout_clips=heldout)
+        config = seed_config(out, seed, steps, clips, chunks, overrides, heldout)
+        _, heldout_dir = demo.prepare_data(config, os.path.join(out, "data"))
         workdir = os.path.join(out, f"seed_{seed}")
         train_seed(config, workdir)
         params, step = load_trained_params(workdir, config)
