@@ -76,7 +76,10 @@ def pca_for(config, data_dir: str, refit: bool = False, log: Callable[[str], Non
     """Path of the dataset's PCA basis for `config` (fitted on first use)."""
     path = os.path.join(dataset_dir(data_dir), PCA_FILE)
     if os.path.exists(path) and not refit:
-        return path
+        with np.load(path) as stored:
+            if "scale" in stored:
+                return path
+        log(f"[data] {path} was fitted before latents were normalised (no 'scale'): refitting it")
     with config.unlocked():
         config.latent.pca_path = path
     explained = fit_latent_pca(config, data_dir)

@@ -41,3 +41,22 @@ def test_pca_codec_projects_on_the_fitted_basis(tmp_path):
     assert errors[2] <= 0.5          # all components: lossless up to uint8 rounding
     with pytest.raises(FileNotFoundError, match="pca_path"):
         latents.encode_frames(frames, _config("pca", 2, str(tmp_path / "missing.npz")))
+
+
+def test_pca_latents_have_unit_variance_per_channel_on_average(tmp_path):
+    """Flow matching adds unit-variance noise: the codec scales its projections to mean channel variance 1
+    (computed here in float64 from the pixel blocks), and refuses a basis stored without its scale."""
+    frames = _frames(1)
+    cfg = _config("pca", 4, str(tmp_path / "pca.npz"))
+    latents.fit_pca(frames, cfg, cfg.latent.pca_path)
+    lat = latents.encode_frames(frames, cfg).reshape(-1, 4).astype(np.float64)
+    np.testing.assert_allclose(lat.var(axis=0).mean(), 1.0, rtol=1e-4)
+    blocks = latents.encode_frames(frames, _config("pixels")).reshape(-1, 48).astype(np.float64)
+    centred = blocks - blocks.mean(0)
+    top = np.linalg.eigvalsh(centred.T @ centred / len(blocks))[::-1][:4]
+    np.testing.assert_allclose(lat.var(axis=0), np.sort(top)[::-1] / top.mean(), rtol=1e-3)
+    stored = dict(np.load(cfg.latent.pca_path))
+    stale = str(tmp_path / "stale.npz")
+    np.savez(stale, mean=stored["mean"], components=stored["components"])
+    with pytest.raises(ValueError, match="no 'scale'"):
+        latents.encode_frames(frames, _config("pca", 4, stale))

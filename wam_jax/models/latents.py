@@ -4,7 +4,10 @@
            and folded space-to-depth (`space_to_depth` × `space_to_depth` pixel blocks become channels),
            scaled to [-1, 1]. Exactly invertible up to the dropped frames and uint8 rounding.
   pca      `pixels` followed by a linear autoencoder: each space-to-depth block is projected on the top
-           `channels` principal components of the training frames' blocks (`fit_pca`, stored at `pca_path`).
+           `channels` principal components of the training frames' blocks (`fit_pca`, stored at `pca_path`),
+           then scaled so that the latent has unit variance per channel on average (as Wan's VAE latents are
+           normalised by their mean and std: flow matching's noise has unit variance, and a latent of variance
+           0.1 would be drowned at every τ the sampler visits).
            Needs no pretrained weights either, and keeps the latent narrower than the model width, as Wan's
            VAE latents are (a 192-wide pixel block cannot pass through a 64-wide tiny model).
   none     latents with no pixel space (the synthetic test source): nothing to encode or decode.
@@ -50,22 +53,27 @@ def encode_frames(frames: np.ndarray, config) -> np.ndarray:
     x = x.reshape(b, t // stride, h // s, s, w // s, s, c).transpose(0, 1, 2, 4, 3, 5, 6)
     x = x.reshape(b, t // stride, h // s, w // s, s * s * c)
     if lc.kind == "pca":
-        mean, components = _pca_basis(lc.pca_path)
-        x = (x - mean) @ components.T
+        mean, components, scale = _pca_basis(lc.pca_path)
+        x = ((x - mean) @ components.T) * scale
     return x.astype(np.float32)
 
 
-_PCA_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+_PCA_CACHE: dict[str, tuple[np.ndarray, np.ndarray, np.float32]] = {}
 
 
-def _pca_basis(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _pca_basis(path: str) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """(mean [D], components [z, D], scale): latent = ((block − mean) @ componentsᵀ) · scale."""
     if path not in _PCA_CACHE:
         try:
             data = np.load(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"config.latent.pca_path={path!r} does not exist: fit it with "
                                     "wam_jax.models.latents.fit_pca on training frames") from None
-        _PCA_CACHE[path] = (data["mean"].astype(np.float32), data["components"].astype(np.float32))
+        if "scale" not in data:
+            raise ValueError(f"config.latent.pca_path={path!r} has no 'scale' (a basis fitted before latents were "
+                             "normalised): refit it with `python -m data_pipelines prepare` (or delete it)")
+        _PCA_CACHE[path] = (data["mean"].astype(np.float32), data["components"].astype(np.float32),
+                            np.float32(data["scale"]))
     return _PCA_CACHE[path]
 
 
@@ -77,7 +85,9 @@ def fit_pca(frames: np.ndarray, config, path: str) -> float:
     flat = blocks.reshape(-1, blocks.shape[-1]).astype(np.float64)
     mean = flat.mean(0)
     _, sing, vt = np.linalg.svd(flat - mean, full_matrices=False)
-    np.savez(path, mean=mean.astype(np.float32), components=vt[:lc.channels].astype(np.float32))
+    kept_variance = np.mean(sing[:lc.channels] ** 2) / len(flat)          # mean variance of a kept channel
+    np.savez(path, mean=mean.astype(np.float32), components=vt[:lc.channels].astype(np.float32),
+             scale=np.float32(1.0 / np.sqrt(kept_variance)))
     _PCA_CACHE.pop(path, None)
     return float(np.sum(sing[:lc.channels] ** 2) / np.sum(sing ** 2))
 
@@ -103,8 +113,8 @@ def decode_latents(latents: np.ndarray, config, vae=None) -> np.ndarray:
         s = lc.space_to_depth
         latents = np.asarray(latents, np.float32)
         if lc.kind == "pca":
-            mean, components = _pca_basis(lc.pca_path)
-            latents = latents @ components + mean
+            mean, components, scale = _pca_basis(lc.pca_path)
+            latents = (latents / scale) @ components + mean
         b, t, h, w, z = latents.shape
         x = latents.reshape(b, t, h, w, s, s, z // (s * s)).transpose(0, 1, 2, 4, 3, 5, 6)
         x = x.reshape(b, t, h * s, w * s, z // (s * s))
