@@ -160,12 +160,13 @@ def check_rollout(config, devices, mesh_shape: dict, capacity: float | None) -> 
     x_v = on_batch((batch, wam.latent_frames_per_chunk, wam.latent_height, wam.latent_width, wan.in_channels))
     x_a = on_batch((batch, wam.waypoints_per_chunk, wam.action_dim))
     guidance = (on_batch((batch, 1, wam.guidance_tokens, wan.text_dim)) if config.guidance.enabled else None)
+    ego = on_batch((batch, 1, len(wam_lib.EGO_FEATURES)))       # the chunk's ego state, as run_rollout passes it
     _, grid_v, grid_a = engine.stages[0]
     chunk = jax.ShapeDtypeStruct((), jnp.int32)
 
     def lower():
         with sharding.activation_context(mesh):
-            return engine._integrate.lower(params, cache, chunk, guidance, x_v, x_a, grid_v, grid_a)
+            return engine._integrate.lower(params, cache, chunk, guidance, ego, x_v, x_a, grid_v, grid_a)
     res = _compile(lower, capacity)
     res["rollout_batch"] = batch
     res["cache_slots"] = int(cache["k"].shape[2])
