@@ -94,9 +94,15 @@ def test_runs_reproduce_the_dense_rule(name):
     assert spec.pairs() <= spec.block_pairs(4, 4) <= (-(-lq // 4) * 4) * (-(-lk // 4) * 4)
 
 
-@pytest.mark.parametrize("impl", ["xla", "splash"])      # gradients against "dense", forward against numpy
+# gradients against "dense", forward against numpy; "splash_dq": splash with its separate dq backward kernel
+# (what long sequences use) instead of the fused one
+@pytest.mark.parametrize("impl", ["xla", "splash", "splash_dq"])
 @pytest.mark.parametrize("name,past", [("teacher_forcing", 0), ("rollout", 10), ("inverse_dynamics", 0)])
-def test_forward_and_gradients_match_the_reference(name, past, impl):
+def test_forward_and_gradients_match_the_reference(name, past, impl, monkeypatch):
+    if impl == "splash_dq":
+        from wam_jax.models import splash
+        monkeypatch.setattr(splash, "fused_backward", lambda kv_blocks: False)
+        impl = "splash"
     spec = MASKS[name]()
     q, k, v, cache = _inputs(spec.shape[0], past)
     out = jax.jit(lambda *a: dot_product_attention(*a, mask=spec, past=cache, implementation=impl))(q, k, v)

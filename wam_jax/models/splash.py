@@ -82,14 +82,26 @@ def _mask_infos(spec: MaskSpec, past: int, heads: int, lq_pad: int, lk_pad: int,
     return fwd, dkv
 
 
+def fused_backward(kv_blocks: int, most: int = 4) -> bool:
+    """Whether the backward pass uses splash's fused dq+dkv kernel: only while its per-key-block dq partials
+    (kv_blocks × the size of q) stay small."""
+    return kv_blocks <= most
+
+
 def make_kernel(spec: MaskSpec, past: int, heads: int, lq_pad: int, lk_pad: int, bq: int, bk: int,
                 interpret: bool) -> kernel_lib.SplashAttentionKernel:
     fwd, dkv = _mask_infos(spec, past, heads, lq_pad, lk_pad, bq, bk)
     as_jax = lambda info: jax.tree.map(jnp.asarray, info)
+    # The fused backward (dq inside the dkv kernel) writes one partial dq per key block, [kv blocks, h, Lq, Dh],
+    # summed afterwards: 26.7 GiB per example at the 14B shape (74 key blocks). Past a few key blocks the
+    # separate dq kernel (one more pass over the scores, memory O(L)) is used instead.
+    fused = fused_backward(lk_pad // bk)
     sizes = kernel_lib.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
-                                  block_kv_dkv_compute=bk, use_fused_bwd_kernel=True)
+                                  block_kv_dkv_compute=bk, use_fused_bwd_kernel=fused,
+                                  **({} if fused else dict(block_q_dq=bq, block_kv_dq=bk)))
+    # The dq kernel walks the same [bq, bk] tiles as the forward one: the same block-sparse mask info.
     return kernel_lib.SplashAttentionKernel(
-        as_jax(fwd), None, as_jax(dkv), block_sizes=sizes, is_mqa=False, save_residuals=False,
+        as_jax(fwd), None if fused else as_jax(fwd), as_jax(dkv), block_sizes=sizes, is_mqa=False, save_residuals=False,
         mask_value=kernel_lib.DEFAULT_MASK_VALUE, attn_logits_soft_cap=None, residual_checkpoint_name=None,
         mask_function=None, interpret=interpret)
 
