@@ -313,11 +313,9 @@ class DriveWAM(nn.Module):
         embedder = ConditionEmbedder(c, name="condition_embedder")
         temb_v, mod_v = embedder.time(t_video * 1000.0)            # [B,S,N,D], [B,S,N,6,D]
         temb_a, mod_a = ActionTimeEmbed(c, name="action_time")(t_action * 1000.0)
-        per_token = lambda v, a: jnp.concatenate(
-            [jnp.broadcast_to(v[:, :, :, None], (b, s, n, layout.video_tokens, *v.shape[3:])),
-             jnp.broadcast_to(a[:, :, :, None], (b, s, n, k, *a.shape[3:]))], axis=3).reshape(b, layout.length,
-                                                                                               *v.shape[3:])
-        mod = per_token(mod_v, mod_a)
+        # Per run, not per token: each chunk's video tokens share one modulation, its action tokens another.
+        mod = (jnp.stack([mod_v, mod_a], axis=3).reshape(b, s * n, 2, *mod_v.shape[3:]),
+               np.arange(layout.per_chunk) >= layout.video_tokens)
 
         base = np.tile(chunk_positions(w, c), (s * n, 1))
         frame_shift = np.zeros_like(base)
