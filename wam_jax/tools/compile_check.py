@@ -78,6 +78,9 @@ def memory_figures(compiled) -> dict[str, float]:
            "alias": m.alias_size_in_bytes, "temporary": m.temp_size_in_bytes,
            "code": m.generated_code_size_in_bytes}
     out["total"] = out["argument"] + out["output"] - out["alias"] + out["temporary"] + out["code"]
+    # host memory (pinned_host: offloaded state and block inputs), not part of the HBM total
+    out["host"] = sum(getattr(m, f"host_{k}_size_in_bytes", 0) for k in ("argument", "output", "temp")) \
+        - getattr(m, "host_alias_size_in_bytes", 0)
     return {k: float(v) for k, v in out.items()}
 
 
@@ -182,9 +185,10 @@ def format_result(name: str, r: dict) -> str:
         return (f"{name:<9} OUT OF MEMORY at compile: {r['what']} {_gib(r['total'])} GiB per chip of "
                 f"{_gib(r['hbm'])} GiB HBM (compile {r['compile_s']:.0f} s)")
     spare = "" if r["hbm"] is None else f", {100 * (1 - r['total'] / r['hbm']):.1f}% HBM spare"
+    host = f"; host memory {_gib(r['host'])} GiB per chip" if r.get("host") else ""
     return (f"{name:<9} args {_gib(r['argument'])}  out {_gib(r['output'])}  alias {_gib(r['alias'])}  "
             f"temp {_gib(r['temporary'])}  total {_gib(r['total'])} GiB per chip of {_gib(r['hbm'])} GiB HBM: "
-            f"{'fits' if r['fits'] else 'does NOT fit' if r['fits'] is False else 'capacity unknown'}{spare} "
+            f"{'fits' if r['fits'] else 'does NOT fit' if r['fits'] is False else 'capacity unknown'}{spare}{host} "
             f"(compile {r['compile_s']:.0f} s)")
 
 

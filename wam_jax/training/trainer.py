@@ -59,6 +59,10 @@ class TrainConfig:
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
     log_every: int = 10
+    # EMA and Adam moments (3 of the 4 parameter-sized state copies) wait in host memory (pinned_host) between
+    # steps and visit the accelerator for the update only: HBM then holds parameters, gradients and activations
+    # (docs/SCALING.md: what fits the Wan-14B-size DriveWAM on 8 v5p chips). Same numbers, slower steps.
+    offload_state: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -133,8 +137,11 @@ class Trainer:
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         # Optimizer moments follow their parameters (matched by key path and shape); counters are replicated.
         opt_shardings = sharding.follow_params(abstract_opt, shapes, self.param_shardings, self.mesh)
+        self._device_shardings = (self.param_shardings, opt_shardings)     # where the update computes them
+        stored = (lambda tree: jax.tree.map(lambda sh: sh.with_memory_kind("pinned_host"), tree)) \
+            if self.tc.offload_state else (lambda tree: tree)
         self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
-                                          ema_params=self.param_shardings, opt_state=opt_shardings)
+                                          ema_params=stored(self.param_shardings), opt_state=stored(opt_shardings))
         self.abstract_state = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
             TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes, ema_params=shapes,
@@ -167,8 +174,8 @@ class Trainer:
         params = self._initial_params()
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(params)
         step = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=self.state_shardings.step)()
-        return TrainState(step=step, params=params,
-                          ema_params=jax.tree.map(jnp.copy, params), opt_state=opt_state)
+        return TrainState(step=step, params=params, opt_state=opt_state,
+                          ema_params=jax.device_put(jax.tree.map(jnp.copy, params), self.state_shardings.ema_params))
 
     def restore_or_init(self) -> TrainState:
         """The newest intact checkpoint (a corrupt newer step is reported and skipped), else a fresh state."""
@@ -197,6 +204,10 @@ class Trainer:
 
         def step_fn(state: TrainState, batch):
             rng = jax.random.fold_in(base_rng, state.step)
+            if tc.offload_state:        # host → accelerator for the update (out_shardings put them back)
+                ema_on, opt_on = self._device_shardings
+                state = state.replace(ema_params=jax.device_put(state.ema_params, ema_on),
+                                      opt_state=jax.device_put(state.opt_state, opt_on))
 
             def loss_fn(params):
                 params = {g: (jax.lax.stop_gradient(p) if g in frozen else p) for g, p in params.items()}
