@@ -49,3 +49,31 @@ def test_tiny_config_compiles_for_a_v5p_topology():
         assert r["splash_kernels"] > 0          # TPU target: attention runs the Pallas splash kernel
     text = out.getvalue()
     assert "train" in text and "rollout" in text and "fits" in text and "GiB" in text
+
+
+def test_remat_offload_puts_block_inputs_in_tpu_host_memory(tmp_path):
+    """model.remat=offload: the train step lowered for TPU moves each block's input to pinned host memory."""
+    pytest.importorskip("libtpu")
+    import jax
+    import numpy as np
+    from wam_jax import sharding
+    from wam_jax.config import load_config
+    from wam_jax.data import prepare_batch
+    from wam_jax.tools.bench import synthetic_raw_batch
+    from wam_jax.training.trainer import Trainer
+    devices = compile_check.topology_devices("v5p:2x2x1")
+    texts = {}
+    for remat in ("full", "offload"):
+        config = load_config(TINY, ["mesh.fsdp=-1", "model.num_layers=2", "train.batch_size=4",
+                                    f"model.remat={remat}"])
+        config.mesh = compile_check._resolve_mesh(dict(config.mesh), len(devices))
+        trainer = Trainer(config, str(tmp_path / remat), data=compile_check._NoData(),
+                          guidance_table=np.zeros((1,), np.float32), devices=devices)
+        one = prepare_batch(synthetic_raw_batch(config, trainer.wan, trainer.wam, 1), config, trainer.action_norm,
+                            trainer.guidance_table)
+        batch = {k: jax.ShapeDtypeStruct((4,) + v.shape[1:], v.dtype,
+                                         sharding=sharding.batch_sharding(trainer.mesh, v.ndim))
+                 for k, v in one.items()}
+        texts[remat] = trainer.train_step.lower(trainer.abstract_state, batch).as_text()
+        trainer.checkpoints.close()
+    assert "pinned_host" in texts["offload"] and "pinned_host" not in texts["full"]

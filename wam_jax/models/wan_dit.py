@@ -36,7 +36,7 @@ REMAT_POLICIES = {
     # Keep the attention output and the projections feeding it; recompute FFN activations.
     "attn_out": jax.checkpoint_policies.save_only_these_names("attn_out", "qkv"),
     # As `full`, but each block's input (the one thing `full` keeps per layer) waits in host memory for the
-    # backward pass: HBM no longer grows with depth (TPU/GPU; 14.3 GiB per example at the 14B shape).
+    # backward pass: saved activations no longer grow with depth (14.3 GiB per example at the 14B shape).
     "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
         names_which_can_be_saved=(), names_which_can_be_offloaded=("block_input",), offload_src="device",
         offload_dst="pinned_host"),
@@ -210,7 +210,7 @@ def modulation_row(table: jax.Array, mod, i: int) -> jax.Array:
     mod: [B, 1|L, 6, D], or per run (DriveWAM) a pair (per_run [B, G, 2, 6, D], second [P] bool) for L = G·P
     tokens where token g·P + p takes per_run[:, g, 1] if second[p] else per_run[:, g, 0] (a chunk's video and
     action tokens). The per-run form keeps the [B, L, 6, D] float32 tensor (4.3 GiB per example at the 14B shape)
-    out of the program: the expansion fuses into the elementwise ops that read it, its gradient into a reduce."""
+    and its gradient, summed over all layers, out of the program; only the rows a block is using are expanded."""
     row = table[i].astype(jnp.float32)
     if not isinstance(mod, tuple):
         return row + mod[:, :, i].astype(jnp.float32)
