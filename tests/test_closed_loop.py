@@ -198,3 +198,23 @@ def test_cli_reads_sim_and_closed_loop_sections_from_an_experiment_config(tmp_pa
     config.write_text(config.read_text().replace("episode_s=1.0", "episode_seconds=1.0"))
     assert evaluation.cli(["--config", str(config), "--episodes", "1", "--out", str(out)]) == 2
     assert "episode_seconds" in capsys.readouterr().err
+
+
+def test_frames_are_rendered_only_for_planners_that_read_them_and_videos_only_for_the_first_seeds(tmp_path):
+    """A baseline that declares `reads_frames = False` gets F = 0 frames and drives exactly as when it is
+    rendered for; `video_episodes` limits the mp4/png outputs to the first seeds."""
+    class Blind(_Recorder):
+        reads_frames = False
+
+    blind, seeing = Blind(), _Recorder()
+    a, b = cl.run_episode(blind, 5, SIM, FAST), cl.run_episode(seeing, 5, SIM, FAST)
+    np.testing.assert_array_equal(a.poses, b.poses)
+    assert blind.observations[0].frames.shape == (0, *SIM.image_size, 3)
+    assert seeing.observations[0].frames.shape[0] == FAST.history_frames
+    cfg = cl.ClosedLoopConfig(episode_s=2.0, warmup_s=1.0, video=True, plots=True, expert_ade=False,
+                              intent_source="scene", video_episodes=1)
+    cl.evaluate(["expert", "constant_velocity"], 2, 7, SIM, cfg, str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(f"{p}_seed7.{ext}" for p in ("expert", "constant_velocity")
+                                                  for ext in ("mp4", "png"))
+    with pytest.raises(ValueError, match="video_episodes"):
+        cl.ClosedLoopConfig(video_episodes=-1)

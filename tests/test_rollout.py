@@ -72,6 +72,21 @@ def test_cached_rollout_equals_uncached_recomputation(model, schedule, solver):
         np.testing.assert_allclose(result.actions[:, c], ref_a, rtol=1e-4, atol=1e-4)
 
 
+def test_action_noise_scales_the_actions_starting_noise_only(model):
+    """action_noise scales the actions' starting noise (0: the noise mean; the actions then depend on the rng
+    only through the sampled video they are decoded from), never the video's; outside [0, 1] is refused."""
+    wan, wam, params = model
+    mem = kv_memory.MemoryConfig(mode="full", max_chunks=4)
+    x_v, x_a = RolloutEngine(wan, wam, SamplerConfig(), mem).initial_noise(jax.random.key(3), 2)
+    half_v, half_a = RolloutEngine(wan, wam, SamplerConfig(action_noise=0.5), mem).initial_noise(jax.random.key(3), 2)
+    np.testing.assert_array_equal(half_v, x_v)
+    np.testing.assert_allclose(half_a, 0.5 * x_a, rtol=1e-6)
+    _, cold_a = RolloutEngine(wan, wam, SamplerConfig(action_noise=0.0), mem).initial_noise(jax.random.key(3), 2)
+    assert not np.any(np.asarray(cold_a))
+    with pytest.raises(ConfigError, match="action_noise"):
+        SamplerConfig(action_noise=1.5)
+
+
 @pytest.mark.parametrize("mode", ["selective", "fifo"])
 def test_bounded_memory_with_room_for_everything_equals_full_cache(model, mode):
     """Budgets covering the whole rollout: the same cache rows in the same slots, so the same samples bitwise."""

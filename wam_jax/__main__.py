@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("wam_jax.training.trainer", "Train DriveWAM with joint flow matching."),
     "rollout": ("wam_jax.rollout.engine", "Autoregressive rollout with selective KV memory."),
     "eval": ("wam_jax.evaluation.cli", "Closed-loop / open-loop evaluation tables."),
+    "eval-imagination": ("wam_jax.evaluation.imagination", "Imagined next chunk vs copy-last-frame (MSE, PSNR), plan ADE vs CV."),
     "eval-navsim": ("wam_jax.evaluation.navsim_eval", "NAVSIM v1 PDMS of planners on local OpenScene logs + nuPlan maps."),
     "eval-physicalai": ("wam_jax.evaluation.physicalai_eval", "PhysicalAI-AV open-loop ADE/FDE at 3 s and 4 s, minADE."),
     "export": ("wam_jax.interop.export", "Export a checkpoint to PyTorch (safetensors, diffusers layout)."),

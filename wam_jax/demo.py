@@ -195,16 +195,11 @@ def cli(argv: list[str]) -> int:
     summary = run(config, args.out, args.episodes, config_name=args.config, overrides=args.set)
     from wam_jax.evaluation import imagination as imagination_lib
     imagination = summary["imagination"]
-    plan = imagination["plan_ade_m"]
     lines = [
         "", "Closed loop in highway-env (held-out seeds)", summary["table"], "",
         f"Imagination on held-out clips ({imagination['pairs']} chunk pairs: one real chunk -> the next 4 s; "
         f"model = a {imagination['video_steps']}-step sample, model_mean = its one-step mean estimate)",
-        imagination_lib.format_table(imagination), "",
-        f"Open-loop plan of the next chunk ({imagination['plan_horizon_s']:g} s): ADE {plan['model']:.2f} m, "
-        f"FDE {plan['model_fde']:.2f} m" + (f"; constant velocity ADE {plan['constant_velocity']:.2f} m, FDE "
-                                          f"{plan['constant_velocity_fde']:.2f} m" if "constant_velocity" in plan
-                                          else ""), "",
+        imagination_lib.format_table(imagination), "", imagination_lib.plan_line(imagination), "",
         "Targets (issue 17)", format_targets(targets(summary["aggregates"], imagination)), "",
         f"Outputs in {args.out}: eval/results.txt, eval/*.mp4 + *.png (per episode), real_vs_imagined.mp4/.png "
         f"(rows: 1 s ... 4 s ahead; columns: real | sample | mean | copy-last), imagination.json, "

@@ -1,8 +1,9 @@
 """highway-env expert driving → clip records (through `wam_jax.sim.highway`, the one module that knows the sim).
 
 Clip i is one expert episode (IDM + MOBIL ego, `record_expert_episode`) from seed `seed + i` (a seed whose
-episode crashes or ends early is replaced by the next unused seed, `seed + num_clips + j`, so the dataset is
-reproducible). After `warmup_s` seconds the clip records `num_chunks` chunks of `chunk_s` seconds:
+episode crashes or ends early is replaced by `seed + num_clips + RETRIES·i + j` for its j-th retry: each clip's
+seeds depend on i alone, so the dataset is the same whichever process builds which clip; clips are simulated in
+parallel, one process per CPU). After `warmup_s` seconds the clip records `num_chunks` chunks of `chunk_s` seconds:
 
     frames         ego-centred BEV renders at `frame_hz` (T = num_chunks * chunk_s * frame_hz), chunk n's
                    frames are the chunk_s seconds after its start (chunk_start[n] = n * frames per chunk)
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
+import os
 from typing import Any, Iterator
 
 import numpy as np
@@ -115,25 +118,68 @@ def _jsonable(d):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def iter_clips(config: HighwayConfig) -> Iterator[tuple[str, schema.ClipRecord]]:
+RETRIES = 10             # seeds tried per clip before the build fails
+MAX_WORKERS = 8          # simulation processes (at most one per CPU)
+
+
+def clip_seeds(config: HighwayConfig, i: int) -> list[int]:
+    """The seeds clip i tries, in order: its own, then its reserved replacements."""
+    spare = config.seed + max(config.num_clips, 1) + (RETRIES - 1) * i
+    return [config.seed + i] + list(range(spare, spare + RETRIES - 1))
+
+
+_WORKER_ENV = None       # one env per simulation process, reused across its clips (make_clip reseeds it)
+
+
+def _clip(args) -> schema.ClipRecord:
+    config, i = args
+    global _WORKER_ENV
     from wam_jax.sim import highway as sim
 
-    env = sim.make_env(sim_config(config, config.seed), config.seed)
-    spare = config.seed + max(config.num_clips, 1)
+    if _WORKER_ENV is None:
+        _WORKER_ENV = sim.make_env(sim_config(config, config.seed), config.seed)
+    seeds = clip_seeds(config, i)
+    for n, seed in enumerate(seeds):
+        clip = make_clip(config, seed, _WORKER_ENV)
+        if clip is not None:
+            return clip
+        if n + 1 < len(seeds):
+            log.info("highway seed %d crashed or ended early; clip %d uses seed %d instead", seed, i, seeds[n + 1])
+    raise RuntimeError(f"highway clip {i}: seeds {seeds} all crashed or ended early; check the sim config")
+
+
+def simulation_workers(num_clips: int) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, num_clips, MAX_WORKERS))
+
+
+def iter_clips(config: HighwayConfig, workers: int | None = None) -> Iterator[tuple[str, schema.ClipRecord]]:
+    """(key, clip) for clips 0 … num_clips − 1 in order; `workers` processes simulate them (default one per
+    CPU; 1 runs in this process). Fresh "spawn" processes: the caller may hold JAX or pygame state."""
+    global _WORKER_ENV
+    workers = simulation_workers(config.num_clips) if workers is None else workers
+    jobs = [(config, i) for i in range(config.num_clips)]
+    if workers <= 1:
+        try:
+            for i, job in enumerate(jobs):
+                yield f"{i:06d}", _clip(job)
+        finally:
+            if _WORKER_ENV is not None:
+                _WORKER_ENV.close()
+                _WORKER_ENV = None
+        return
+    pool = multiprocessing.get_context("spawn").Pool(workers)
+    finished = False
     try:
-        for i in range(config.num_clips):
-            seed = config.seed + i
-            for _ in range(10):
-                clip = make_clip(config, seed, env)
-                if clip is not None:
-                    break
-                log.info("highway seed %d crashed or ended early; using seed %d instead", seed, spare)
-                seed, spare = spare, spare + 1
-            else:
-                raise RuntimeError(f"highway clip {i}: 10 seeds in a row crashed; check the sim config")
+        for i, clip in enumerate(pool.imap(_clip, jobs)):
             yield f"{i:06d}", clip
+        finished = True
     finally:
-        env.close()
+        if finished:          # let the workers exit by themselves (a SIGTERM can hang under pytest-xdist)
+            pool.close()
+        else:
+            pool.terminate()
+        pool.join()
 
 
 def intent_vocab() -> tuple[str, ...]:

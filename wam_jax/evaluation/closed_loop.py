@@ -41,12 +41,15 @@ class ClosedLoopConfig:
     expert_ade: bool = True  # roll the expert out from every replan state for ADE (costs one chunk of sim)
     video: bool = True
     plots: bool = True
+    video_episodes: int | None = None  # write videos / plots for the first N seeds only (None: every seed)
     video_scale: int = 4  # nearest-neighbour upscaling of the frames in the mp4
     ttc_range_m: float = 60.0  # vehicles further than this are ignored by the TTC check
 
     def __post_init__(self):
         if self.intent_source not in ("expert", "scene"):
             raise ValueError(f"ClosedLoopConfig.intent_source must be 'expert' or 'scene', got {self.intent_source!r}")
+        if self.video_episodes is not None and self.video_episodes < 0:
+            raise ValueError(f"ClosedLoopConfig.video_episodes must be >= 0 or None, got {self.video_episodes}")
         if self.replan_s <= 0 or self.episode_s <= 0 or self.warmup_s < 0:
             raise ValueError("ClosedLoopConfig: replan_s and episode_s must be positive, warmup_s >= 0")
 
@@ -114,6 +117,10 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
     drives_directly = bool(getattr(planner, "drives_directly", False))
     need_future = cfg.expert_ade or cfg.intent_source == "expert"
     record_video = cfg.video and out_dir is not None
+    # Rendering costs more than a sim step: only for planners that read frames, or for the video.
+    reads_frames = bool(getattr(planner, "reads_frames", True))
+    # A planner that drives with its own actions is asked for a plan only when something shows or scores it.
+    wants_plan = not drives_directly or record_video or (cfg.plots and out_dir is not None) or cfg.expert_ade
 
     if env is None:
         env = hw.make_env(sim_cfg, seed)
@@ -137,12 +144,12 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
         if scored and t == warmup:
             off_road = not state.on_road
         frame = None
-        if t % sim_cfg.steps_per_frame == 0:
+        if reads_frames and t % sim_cfg.steps_per_frame == 0:
             frame = hw.render_frame(env, sim_cfg)
             frames.append(frame)
         if record_video:
             frame = hw.render_frame(env, sim_cfg) if frame is None else frame
-        if scored and (t - warmup) % replan_every == 0:
+        if scored and wants_plan and (t - warmup) % replan_every == 0:
             pose = state.pose
             future = future_ego = None
             if need_future:
@@ -153,7 +160,9 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
             from data_pipelines.sources.highway import episode_ego_state
             ego_states = episode_ego_state(np.asarray(speeds), np.asarray(poses), np.array([hist_idx[0], t]), dt)
             obs = Observation(
-                time_s=(t - warmup) * dt, frames=np.stack(_history(frames, cfg.history_frames)), ego=state,
+                time_s=(t - warmup) * dt, ego=state,
+                frames=(np.stack(_history(frames, cfg.history_frames)) if reads_frames
+                        else np.zeros((0, *sim_cfg.image_size, 3), np.uint8)),
                 intent=intent, pose_history=hw.ego_frame_waypoints(np.array([poses[i] for i in hist_idx]), pose),
                 speed_history=np.array([speeds[i] for i in hist_idx]), waypoint_times=sim_cfg.waypoint_times,
                 sim=env, expert_future=future_ego, ego_states=ego_states)
@@ -292,6 +301,10 @@ def evaluate(planners: Sequence[str] | dict[str, Planner], episodes: int, seed: 
         expert_cfg = cfg if "expert" in planners else dataclasses.replace(cfg, expert_ade=False, video=False,
                                                                           plots=False, intent_source="scene")
         expert = planners.get("expert") or ExpertPlanner(sim_cfg)
+        if cfg.video_episodes is not None and i >= cfg.video_episodes:
+            expert_cfg = dataclasses.replace(expert_cfg, video=False, plots=False)
+        episode_cfg = (cfg if cfg.video_episodes is None or i < cfg.video_episodes
+                       else dataclasses.replace(cfg, video=False, plots=False))
         ref = run_episode(expert, s, sim_cfg, expert_cfg, None, out_dir if "expert" in planners else None, env)
         ref_progress = ref.progress_m
         for name, planner in planners.items():
@@ -302,7 +315,7 @@ def evaluate(planners: Sequence[str] | dict[str, Planner], episodes: int, seed: 
                 ref.ep, ref.pdms = rescored["ep"], rescored["pdms"]
                 res = ref
             else:
-                res = run_episode(planner, s, sim_cfg, cfg, ref_progress, out_dir, env)
+                res = run_episode(planner, s, sim_cfg, episode_cfg, ref_progress, out_dir, env)
             results[name].append(res)
             if log:
                 log(f"  {name:<18} seed {s}: steps {res.steps:4d} crashed={res.crashed!s:<5} "

@@ -132,3 +132,52 @@ def format_table(result: dict, offsets=(1.0, 4.0)) -> str:
         row += [f"{result['psnr_db'][name][i]:.2f}" for i in idx]
         rows.append(row)
     return table(header, rows)
+
+
+def plan_line(result: dict) -> str:
+    plan = result["plan_ade_m"]
+    line = (f"Open-loop plan of the next chunk ({result['plan_horizon_s']:g} s): ADE {plan['model']:.2f} m, "
+            f"FDE {plan['model_fde']:.2f} m")
+    if "constant_velocity" in plan:
+        line += (f"; constant velocity ADE {plan['constant_velocity']:.2f} m, "
+                 f"FDE {plan['constant_velocity_fde']:.2f} m")
+    return line
+
+
+def cli(argv: list[str]) -> int:
+    """python -m wam_jax eval-imagination --checkpoint RUN --data HELDOUT_DATASET [--video-steps 10] [--json P]"""
+    from wam_jax import cli as wam_cli
+    return wam_cli.user_errors(_cli)(argv)
+
+
+def _cli(argv: list[str]) -> int:
+    import argparse
+
+    from data_pipelines import pipeline
+    from wam_jax import cli as wam_cli
+    from wam_jax.rollout.engine import load_trained_params
+    from wam_jax.tools import tables
+
+    parser = argparse.ArgumentParser(prog="python -m wam_jax eval-imagination", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    wam_cli.add_config_args(parser, checkpoint_arg=True)
+    parser.add_argument("--data", required=True, help="a built dataset of held-out clips (with frames)")
+    parser.add_argument("--video-steps", type=int, default=10, help="Euler steps of the full video sample")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write every number as JSON")
+    args = parser.parse_args(argv)
+    if not args.checkpoint:
+        raise SystemExit("--checkpoint is required (the workdir of a `train` run)")
+    if args.video_steps < 1:
+        raise SystemExit("--video-steps must be >= 1")
+    config = wam_cli.config_from_args(args, args.checkpoint)
+    params, step = load_trained_params(args.checkpoint, config)
+    clips = list(pipeline.iter_clips(args.data))
+    result = evaluate(config, params, clips, video_steps=args.video_steps, seed=args.seed)
+    result.pop("example")
+    print(f"checkpoint step {step}; {result['pairs']} chunk pairs of {len(clips)} clips from {args.data}")
+    print(format_table(result, offsets=tuple(result["offsets_s"])))
+    print(plan_line(result))
+    if args.json:
+        tables.write_json(args.json, result)
+    return 0

@@ -23,7 +23,8 @@ class Observation:
     """
 
     time_s: float
-    frames: np.ndarray  # [F, H, W, 3] uint8, oldest first, frames[-1] is now (padded with the first frame)
+    frames: np.ndarray  # [F, H, W, 3] uint8, oldest first, frames[-1] is now (padded with the first frame);
+    #                     F = 0 for a planner whose `reads_frames` is False (nothing is rendered for it)
     ego: hw.EgoState  # current state, world frame
     intent: hw.Intent
     pose_history: np.ndarray  # [K, 3] past poses in the CURRENT ego frame, oldest first, at waypoint_hz
@@ -40,6 +41,8 @@ class Planner(Protocol):
     """Returns ego-frame waypoints [N, 3] (x forward, y left, heading) at `obs.waypoint_times`."""
 
     name: str
+    # Optional class attributes: `reads_frames = False` (no rendering for it), `drives_directly = True` (it
+    # drives with the expert's own actions; its plan is only shown).
 
     def reset(self, seed: int) -> None: ...
 

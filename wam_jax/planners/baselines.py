@@ -19,6 +19,7 @@ class ExpertPlanner:
 
     name = "expert"
     drives_directly = True
+    reads_frames = False
 
     def __init__(self, sim_cfg: hw.HighwaySimConfig):
         self.sim_cfg = sim_cfg
@@ -37,6 +38,7 @@ class ConstantVelocityPlanner:
     """Keeps the current heading and speed: waypoints straight ahead at v * t."""
 
     name = "constant_velocity"
+    reads_frames = False
 
     def reset(self, seed: int) -> None:
         pass
@@ -51,6 +53,7 @@ class IDMLaneKeepPlanner:
     MOBIL switched off, read out as waypoints (privileged: uses `obs.sim`)."""
 
     name = "idm_lane_keep"
+    reads_frames = False
 
     def __init__(self, sim_cfg: hw.HighwaySimConfig):
         self.sim_cfg = sim_cfg

@@ -45,6 +45,10 @@ class SamplerConfig:
     shift: float = 1.0
     schedule: str = "video_then_action"
     video_stop: float = 0.6
+    # Scale of the actions' starting noise: 1 samples the learned plan distribution; < 1 lowers the
+    # temperature (0: the ODE from the noise mean, one deterministic plan per context) so that a policy
+    # replanning every second does not jump between the modes (lane change or not) of its samples.
+    action_noise: float = 1.0
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -55,6 +59,8 @@ class SamplerConfig:
             raise ConfigError("sampler step counts must be ≥ 1")
         if not 0.0 <= self.video_stop < 1.0:
             raise ConfigError(f"sampler.video_stop={self.video_stop} must lie in [0, 1)")
+        if not 0.0 <= self.action_noise <= 1.0:
+            raise ConfigError(f"sampler.action_noise={self.action_noise} must lie in [0, 1]")
 
     @classmethod
     def from_config(cls, values) -> "SamplerConfig":
@@ -202,7 +208,7 @@ class RolloutEngine:
         k_v, k_a = jax.random.split(rng)
         return (jax.random.normal(k_v, (batch, w.latent_frames_per_chunk, w.latent_height, w.latent_width,
                                         self.wan.in_channels)),
-                jax.random.normal(k_a, (batch, w.waypoints_per_chunk, w.action_dim)))
+                self.sampler.action_noise * jax.random.normal(k_a, (batch, w.waypoints_per_chunk, w.action_dim)))
 
     def denoise(self, params, cache, chunk_index: int, guidance, rng, timings: dict | None = None, ego=None):
         """Samples chunk `chunk_index` from noise given the memory. guidance: [B, 1, Lg, text_dim] or None;
