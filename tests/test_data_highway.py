@@ -66,3 +66,14 @@ def test_clips_are_the_same_whichever_process_simulates_them(monkeypatch):
                         original(cfg, seed, env))
     keys = dict(highway.iter_clips(config, workers=1))
     assert keys["000001"].meta["seed"] == highway.clip_seeds(config, 1)[1]
+
+
+def test_a_consumer_that_stops_early_does_not_hang_the_simulation_processes():
+    """The TFDS builder stops reading after num_clips; stopping after the first clip must end cleanly too."""
+    config = highway.HighwayConfig(name="tiny", num_clips=4, num_chunks=1, seed=5,
+                                   sim=sim.HighwaySimConfig(vehicles=6, image_size=(32, 32), supersample=1))
+    for n in (1, 4):
+        clips = highway.iter_clips(config, workers=2)
+        got = [next(clips) for _ in range(n)]
+        clips.close()
+        assert [k for k, _ in got] == [f"{i:06d}" for i in range(n)]

@@ -15,7 +15,8 @@ def test_demo_pipeline_smoke(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "wam_jax", "demo", "--out", str(out), "--episodes", "1",
            "--config", "experiments/drivewam_highway.py:clips=3,steps=6,layers=1",
-           "--set", "train.log_every=3", "--set", "train.batch_size=2", "--set", "closed_loop.episode_s=3", "--set", "dataset.num_chunks=3"]
+           "--set", "train.log_every=3", "--set", "train.batch_size=2",
+           "--set", "model.num_attention_heads=2", "--set", "model.ffn_dim=64", "--set", "closed_loop.episode_s=3", "--set", "dataset.num_chunks=3"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert result.returncode == 0, result.stderr[-4000:]
     for planner in ("expert", "constant_velocity", "idm_lane_keep", "drivewam"):

@@ -148,6 +148,11 @@ def _clip(args) -> schema.ClipRecord:
     raise RuntimeError(f"highway clip {i}: seeds {seeds} all crashed or ended early; check the sim config")
 
 
+def _worker_init() -> None:
+    # SDL (under pygame) turns SIGTERM into a quit event by default, so Pool.terminate could wait forever.
+    os.environ["SDL_NO_SIGNAL_HANDLERS"] = "1"
+
+
 def simulation_workers(num_clips: int) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cpus, num_clips, MAX_WORKERS))
@@ -168,16 +173,16 @@ def iter_clips(config: HighwayConfig, workers: int | None = None) -> Iterator[tu
                 _WORKER_ENV.close()
                 _WORKER_ENV = None
         return
-    pool = multiprocessing.get_context("spawn").Pool(workers)
-    finished = False
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
+    results = pool.imap(_clip, jobs)
+    pool.close()              # no more jobs: once they are done the workers exit by themselves
+    done = 0
     try:
-        for i, clip in enumerate(pool.imap(_clip, jobs)):
+        for i, clip in enumerate(results):
+            done += 1         # counted before the yield: a consumer may stop right after the last clip
             yield f"{i:06d}", clip
-        finished = True
     finally:
-        if finished:          # let the workers exit by themselves (a SIGTERM can hang under pytest-xdist)
-            pool.close()
-        else:
+        if done < len(jobs):  # stopped early (or failed): drop the clips still being simulated
             pool.terminate()
         pool.join()
 
