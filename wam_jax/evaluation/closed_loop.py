@@ -298,13 +298,11 @@ def evaluate(planners: Sequence[str] | dict[str, Planner], episodes: int, seed: 
     results: dict[str, list[EpisodeResult]] = {name: [] for name in planners}
     for i in range(episodes):
         s = seed + i
-        expert_cfg = cfg if "expert" in planners else dataclasses.replace(cfg, expert_ade=False, video=False,
-                                                                          plots=False, intent_source="scene")
-        expert = planners.get("expert") or ExpertPlanner(sim_cfg)
-        if cfg.video_episodes is not None and i >= cfg.video_episodes:
-            expert_cfg = dataclasses.replace(expert_cfg, video=False, plots=False)
         episode_cfg = (cfg if cfg.video_episodes is None or i < cfg.video_episodes
                        else dataclasses.replace(cfg, video=False, plots=False))
+        expert_cfg = episode_cfg if "expert" in planners else dataclasses.replace(
+            episode_cfg, expert_ade=False, video=False, plots=False, intent_source="scene")
+        expert = planners.get("expert") or ExpertPlanner(sim_cfg)
         ref = run_episode(expert, s, sim_cfg, expert_cfg, None, out_dir if "expert" in planners else None, env)
         ref_progress = ref.progress_m
         for name, planner in planners.items():

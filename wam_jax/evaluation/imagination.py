@@ -22,6 +22,8 @@ import dataclasses
 
 import numpy as np
 
+from wam_jax import cli as wam_cli
+
 PEAK = 255.0
 
 
@@ -66,8 +68,7 @@ def evaluate(config, params, clips, video_steps: int = 10, seed: int = 0) -> dic
     per_chunk = wam.latent_frames_per_chunk * stride
     frames, waypoints, ego, intents = chunk_pairs(clips, per_chunk)
     n = len(frames)
-    lat = codec.encode_frames(frames.reshape(n * 2 * per_chunk, 1, *frames.shape[3:]).reshape(
-        n, 2 * per_chunk, *frames.shape[3:]), config)
+    lat = codec.encode_frames(frames.reshape(n, 2 * per_chunk, *frames.shape[3:]), config)
     lat = lat.reshape(n, 2, wam.latent_frames_per_chunk, *lat.shape[2:])
     actions = exp.action_norm.normalize(waypoints)
     guidance = None
@@ -144,17 +145,12 @@ def plan_line(result: dict) -> str:
     return line
 
 
+@wam_cli.user_errors
 def cli(argv: list[str]) -> int:
     """python -m wam_jax eval-imagination --checkpoint RUN --data HELDOUT_DATASET [--video-steps 10] [--json P]"""
-    from wam_jax import cli as wam_cli
-    return wam_cli.user_errors(_cli)(argv)
-
-
-def _cli(argv: list[str]) -> int:
     import argparse
 
     from data_pipelines import pipeline
-    from wam_jax import cli as wam_cli
     from wam_jax.rollout.engine import load_trained_params
     from wam_jax.tools import tables
 
