@@ -33,7 +33,7 @@ def _configs(overrides=()):
     return wam_lib.build_configs(load_config(TINY, list(overrides)))
 
 
-@pytest.mark.parametrize("layout", ["inverse_dynamics", "joint"])
+@pytest.mark.parametrize("layout", ["inverse_dynamics", "joint", "history_only"])
 @pytest.mark.parametrize("streams,chunks", [(1, 1), (1, 3), (2, 3), (2, 4)])
 def test_visible_pairs_equal_the_token_layout_mask(streams, chunks, layout):
     tokens = wam_lib.TokenLayout(streams, chunks, video_tokens=8, action_tokens=3, layout=layout)

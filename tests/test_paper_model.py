@@ -1,6 +1,7 @@
 """DriveWAM as the paper specifies it: inverse-dynamics mask (brute force), what each prediction may depend on,
 ego-state branch (an imported Wan computes what it did), action increments."""
 
+import dataclasses
 import itertools
 import os
 
@@ -27,6 +28,8 @@ def _brute_force_mask(streams, chunks, lv, k, layout):
                 ok = False
             elif layout == "joint":
                 ok = ks == qs
+            elif layout == "history_only":                     # own stream, own modality: actions never see video n
+                ok = ks == qs and km == qm
             elif qs == 0:                                      # clean (or the single rollout stream)
                 ok = ks == 0 and (km == "v" or qm == "a")      # video ≤ k; actions ≤ k only for actions
             elif qm == "v":                                    # noisy video: its own noisy video only
@@ -37,7 +40,7 @@ def _brute_force_mask(streams, chunks, lv, k, layout):
     return mask
 
 
-@pytest.mark.parametrize("layout", ["inverse_dynamics", "joint"])
+@pytest.mark.parametrize("layout", ["inverse_dynamics", "joint", "history_only"])
 @pytest.mark.parametrize("streams,chunks,lv,k", [(2, 1, 3, 2), (2, 3, 2, 1), (2, 4, 4, 3), (1, 3, 2, 2),
                                                  (1, 1, 1, 1), (2, 2, 1, 5)])
 def test_layout_mask_equals_brute_force_rule(layout, streams, chunks, lv, k):
@@ -48,7 +51,8 @@ def test_layout_mask_equals_brute_force_rule(layout, streams, chunks, lv, k):
 def test_layouts_differ_and_bad_layout_is_an_error():
     a = wam_lib.TokenLayout(2, 2, 2, 2, "inverse_dynamics").self_mask()
     b = wam_lib.TokenLayout(2, 2, 2, 2, "joint").self_mask()
-    assert (a != b).any()
+    c = wam_lib.TokenLayout(2, 2, 2, 2, "history_only").self_mask()
+    assert (a != b).any() and (a != c).any() and (b != c).any()
     with pytest.raises(ValueError, match="layout"):
         wam_lib.TokenLayout(2, 2, 2, 2, "sideways")
     with pytest.raises(Exception, match="flow.layout"):
@@ -70,8 +74,12 @@ def tiny():
     return wan, wam, params
 
 
-def test_action_prediction_depends_on_own_clean_video_not_noisy_video(tiny):
+@pytest.mark.parametrize("layout", ["inverse_dynamics", "history_only"])
+def test_action_prediction_depends_on_own_clean_video_not_noisy_video(tiny, layout):
+    """inverse_dynamics: chunk k's actions read chunk k's clean video; history_only (no video supervision): they
+    read only chunks < k. Neither reads any noisy video."""
     wan, wam, params = tiny
+    wam = dataclasses.replace(wam, layout=layout)
     model = wam_lib.DriveWAM(wan, wam)
     rng = np.random.default_rng(0)
     b, n = 1, 3
@@ -80,17 +88,22 @@ def test_action_prediction_depends_on_own_clean_video_not_noisy_video(tiny):
     t = np.stack([np.zeros((b, n)), rng.uniform(size=(b, n))], 1).astype(np.float32)
     apply = jax.jit(lambda v: model.apply({"params": params}, v, actions, t, t, None)[:2])
     _, base_a = apply(video)
+    ref = np.asarray(base_a)
     for k in range(n):
         clean = video.copy()
         clean[:, 0, k] += 1.0
-        _, out_a = apply(clean)
-        out_a, ref = np.asarray(out_a), np.asarray(base_a)
-        assert np.max(np.abs(out_a[:, 1, k] - ref[:, 1, k])) > 1e-4          # chunk k's action prediction
+        out_a = np.asarray(apply(clean)[1])
+        own_change = np.max(np.abs(out_a[:, 1, k] - ref[:, 1, k]))               # chunk k's action prediction
+        if layout == "inverse_dynamics":
+            assert own_change > 1e-4
+        else:
+            assert own_change == 0.0
+        if k + 1 < n:
+            assert np.max(np.abs(out_a[:, 1, k + 1] - ref[:, 1, k + 1])) > 1e-4  # later chunks read it as history
         np.testing.assert_array_equal(out_a[:, :, :k], ref[:, :, :k])       # nothing of chunks < k
         noisy = video.copy()
         noisy[:, 1, k] += 1.0
-        _, out_a = apply(noisy)
-        np.testing.assert_array_equal(np.asarray(out_a), ref)              # no action prediction at all
+        np.testing.assert_array_equal(np.asarray(apply(noisy)[1]), ref)     # no action prediction at all
 
 
 def test_fresh_ego_branch_keeps_imported_wan_video_output(tmp_path):

@@ -128,7 +128,7 @@ def prepare_batch(raw: Mapping[str, np.ndarray], config, action_norm: ActionNorm
                   guidance_table: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Raw data batch → model inputs: latents [B, N·F, h, w, z], actions [B, N, K, A] normalised (in the
     configured representation), ego [B, N, 3] when the data carries `ego_state`, guidance [B, N, Lg, text_dim]
-    (precomputed embeddings, or looked up from intent ids) when guidance is on."""
+    (precomputed embeddings, or looked up from intent ids; the fixed source: its one prompt) when guidance is on."""
     if "latents" not in raw:
         from wam_jax.models import latents as latent_codecs
         raw = dict(raw, latents=latent_codecs.encode_frames(raw["frames"], config))
@@ -137,7 +137,12 @@ def prepare_batch(raw: Mapping[str, np.ndarray], config, action_norm: ActionNorm
     if "ego_state" in raw:
         out["ego"] = np.asarray(raw["ego_state"], np.float32)
     if config.guidance.enabled:
-        if "guidance" in raw:
+        if config.guidance.get("source") == "fixed":
+            if guidance_table is None:
+                raise ValueError("guidance.source='fixed' needs the intent embedding table (every row is the prompt)")
+            shape = out["actions"].shape[:2] + guidance_table.shape[1:]
+            out["guidance"] = np.ascontiguousarray(np.broadcast_to(guidance_table[0], shape), np.float32)
+        elif "guidance" in raw:
             out["guidance"] = np.asarray(raw["guidance"], np.float32)
         elif "intent_ids" in raw and guidance_table is not None:
             out["guidance"] = guidance_table[np.asarray(raw["intent_ids"])]

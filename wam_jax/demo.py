@@ -32,25 +32,29 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def build_datasets(config, out: str):
-    """(train dataset dir, held-out dataset dir); reuses what exists."""
+def build_dataset(config, name: str, clips: int, seed: int, path: str) -> str:
+    """One highway-env expert dataset of `clips` clips (clip i simulated from seed + i) under `path`, with the
+    simulator evaluation drives with plus the config's noise injection; reuses what exists. Returns its dir."""
     import dataclasses
 
     from data_pipelines import builders
     from data_pipelines.sources.highway import HighwayConfig, WamHighway
     from wam_jax.experiment import Experiment
     ds = config.dataset
-    # The simulator config evaluation drives with, plus noise injection for the recorded demonstrations.
     sim = dataclasses.replace(Experiment(config).sim, perturb_steering=ds.perturb_steering,
                               perturb_rate_hz=ds.perturb_rate_hz, perturb_s=ds.perturb_s)
-    dirs = []
-    for name, clips, seed in (("train", ds.num_clips, ds.seed), ("heldout", ds.heldout_clips, ds.heldout_seed)):
-        cfg = HighwayConfig(name=f"demo_{name}", num_clips=clips, seed=seed, num_chunks=ds.num_chunks, sim=sim)
-        start = time.perf_counter()
-        path = builders.build(WamHighway, cfg, os.path.join(out, "data" if name == "train" else "heldout"))
-        _log(f"[data] {name}: {clips} clips → {path} ({time.perf_counter() - start:.0f} s)")
-        dirs.append(path)
-    return dirs
+    cfg = HighwayConfig(name=f"demo_{name}", num_clips=clips, seed=seed, num_chunks=ds.num_chunks, sim=sim)
+    start = time.perf_counter()
+    built = builders.build(WamHighway, cfg, path)
+    _log(f"[data] {name}: {clips} clips → {built} ({time.perf_counter() - start:.0f} s)")
+    return built
+
+
+def build_datasets(config, out: str):
+    """(train dataset dir, held-out dataset dir) under `out`; reuses what exists."""
+    ds = config.dataset
+    return (build_dataset(config, "train", ds.num_clips, ds.seed, os.path.join(out, "data")),
+            build_dataset(config, "heldout", ds.heldout_clips, ds.heldout_seed, os.path.join(out, "heldout")))
 
 
 def imagine_heldout(config, params, heldout_dir: str, out: str) -> dict:

@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from wam_jax.config import ConfigError, dataclass_from_config
-from wam_jax.guidance.intents import (SOURCES, IntentSource, SceneRulesSource, VLMSource, clean_phrase,
-                                     snap_to_vocabulary)
+from wam_jax.guidance.intents import (SOURCES, FixedPromptSource, IntentSource, SceneRulesSource, VLMSource,
+                                     clean_phrase, snap_to_vocabulary)
 from wam_jax.guidance.text import ENCODERS, TextEncoder, TransformersTextEncoder, WordHashEncoder, words
 
 DEFAULT_VLM_PROMPT = ("You are driving the ego car in the middle of the image. In a few words, what should it do "
@@ -45,7 +45,8 @@ class GuidanceConfig:
     hash_rms: float = 1.0               # word_hash: per-element RMS of every output token
     device: str = "cpu"                 # torch device of the transformers encoder and the VLM
     # intent source
-    source: str = "scene_rules"         # "scene_rules" | "vlm"
+    source: str = "scene_rules"         # "scene_rules" | "vlm" | "fixed"
+    fixed_prompt: str = "drive on along the highway"    # fixed: the one prompt of every chunk
     scene_text: str = "command"         # scene_rules: "command" (vocabulary entry) | "phrase" (Intent.text)
     vocabulary: tuple[str, ...] = ()    # intent vocabulary of `intent_ids`; () → wam_jax.sim.highway.INTENTS
     vlm_path: str = ""                  # vlm: local dir loadable by AutoProcessor + AutoModelForImageTextToText
@@ -118,6 +119,8 @@ def make_source(section: Any) -> IntentSource:
     gc = GuidanceConfig.from_config(section)
     if gc.source == "scene_rules":
         return SceneRulesSource(gc.scene_text)
+    if gc.source == "fixed":
+        return FixedPromptSource(gc.fixed_prompt)
     return VLMSource(gc.vlm_path, gc.vlm_prompt, gc.vlm_frames, gc.vlm_max_new_tokens, gc.max_words,
                      gc.intent_vocabulary(), gc.snap_to_vocabulary, gc.device)
 
@@ -169,14 +172,18 @@ def _freeze(value):
 
 @functools.lru_cache(maxsize=8)
 def _cached_table(gc: GuidanceConfig, text_dim: int, tokens: int) -> np.ndarray:
-    table = make_encoder(gc, text_dim, tokens).encode(list(gc.intent_vocabulary()))
+    vocabulary = list(gc.intent_vocabulary())
+    if gc.source == "fixed":           # every intent id embeds the one prompt: the data's ids need no rewriting
+        vocabulary = [FixedPromptSource(gc.fixed_prompt).prompt] * len(vocabulary)
+    table = make_encoder(gc, text_dim, tokens).encode(vocabulary)
     table.setflags(write=False)
     return table
 
 
 def intent_table(config) -> np.ndarray:
     """float32 [V, Lg, D], read-only: row v embeds vocabulary entry v (config.guidance.vocabulary, default
-    `sim.highway.INTENTS`, the order of the data pipeline's `intent_ids`). Cached in memory per config."""
+    `sim.highway.INTENTS`, the order of the data pipeline's `intent_ids`); with the fixed source every row embeds
+    `fixed_prompt`. Cached in memory per config."""
     text_dim, tokens = model_dims(config)
     gc = GuidanceConfig.from_config(config.guidance)
     gc = dataclasses.replace(gc, vocabulary=_freeze(gc.vocabulary))
@@ -239,7 +246,7 @@ def record_hook(config, use: str = "intent") -> Callable[[Any], Any]:
 
 __all__ = [
     "GuidanceConfig", "Guidance", "TextEncoder", "IntentSource", "WordHashEncoder", "TransformersTextEncoder",
-    "SceneRulesSource", "VLMSource", "make_encoder", "make_source", "make_guidance", "model_dims", "intent_table",
+    "SceneRulesSource", "VLMSource", "FixedPromptSource", "make_encoder", "make_source", "make_guidance", "model_dims", "intent_table",
     "clear_caches", "embed_records", "chunk_context_frames", "record_hook", "clean_phrase", "snap_to_vocabulary",
     "words", "DEFAULT_VLM_PROMPT",
 ]

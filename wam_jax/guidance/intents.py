@@ -1,6 +1,6 @@
 """Intent sources for scene-evolving guidance: a chunk's context → a short driving-intent text per example.
 
-One interface (`IntentSource.intents(context_frames, extra) -> list[str]`), two sources:
+One interface (`IntentSource.intents(context_frames, extra) -> list[str]`), three sources:
 
   scene_rules  highway-env scene rules (`wam_jax.sim.highway`): from a live env (`intent_from_scene`, or
                `scene_intent` with the expert's future poses), or the intent already recorded/observed for
@@ -8,6 +8,7 @@ One interface (`IntentSource.intents(context_frames, extra) -> list[str]`), two 
   vlm          a frozen vision-language model from a LOCAL directory (`AutoProcessor` +
                `AutoModelForImageTextToText`: LLaVA, Qwen2-VL, SmolVLM, PaliGemma, ...), shown the chunk's last
                context frames and prompted for the intent; greedy decoding, a short phrase comes out.
+  fixed        one prompt for every chunk of every clip (the paper's "fixed prompt" baseline of Table 3).
 """
 
 from __future__ import annotations
@@ -191,4 +192,29 @@ class VLMSource:
         return result
 
 
-SOURCES = ("scene_rules", "vlm")
+# ----------------------------------------------------------------------------------------------------------------
+# fixed
+
+
+class FixedPromptSource:
+    """The same prompt for every example: guidance that does not evolve with the scene."""
+
+    def __init__(self, prompt: str):
+        if not prompt.strip():
+            raise ConfigError("guidance.fixed_prompt must be a non-empty text for the 'fixed' intent source")
+        self.prompt = prompt
+
+    def intents(self, context_frames, extra: Mapping[str, Any]) -> list[str]:
+        if context_frames is not None:
+            n = len(context_frames)
+        elif "intent" in extra:
+            n = len(list(extra["intent"]))
+        elif "env" in extra:
+            n = len(extra["env"]) if isinstance(extra["env"], (list, tuple)) else 1
+        else:
+            raise ValueError("the fixed intent source needs context_frames, extra['intent'] or extra['env'] to know "
+                             f"how many examples there are; got keys {sorted(extra)}")
+        return [self.prompt] * n
+
+
+SOURCES = ("scene_rules", "vlm", "fixed")

@@ -58,6 +58,16 @@ def load_wan(directory: str, **numerics) -> tuple[WanConfig, Any]:
     return cfg, params
 
 
+def save_wan_part(params, cfg: WanConfig, out: str, source: str) -> None:
+    """Writes the Wan DiT part of DriveWAM params (no action parts, no ego-state branch) as a checkpoint
+    `load_wan` reads: a DriveWAM pretrained on action-free video (`flow.action_free`) becomes the `init=wan`
+    of another, exactly as an imported Wan would."""
+    from wam_jax.models.wam import WAN_PARAM_GROUPS, without_ego
+    wan_params = {group: without_ego(jax.device_get(params[group])) for group in WAN_PARAM_GROUPS}
+    checkpoint.save_params(out, wan_params, {"kind": KIND, "config": cfg.to_diffusers(), "source": source,
+                                             "scan_layers": cfg.scan_layers, "dtype": "float32"})
+
+
 @wam_cli.user_errors
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax import-wan", description=__doc__,

@@ -12,7 +12,8 @@ noised (the prediction targets), trained in one pass. Attention is `attention_ru
     noisy video n              → noisy video n;         noisy actions n → clean video n, noisy actions n
 
 so actions are decoded from their chunk's (clean in training, generated at inference) video and never see the
-noisy video; `flow.layout=joint` keeps the older rule (a token sees its whole chunk of its own stream). With
+noisy video; `flow.layout=joint` keeps the older rule (a token sees its whole chunk of its own stream), and
+`flow.layout=history_only` decodes actions from the history alone (the no-video-supervision ablation). With
 S=1 (rollout: past chunks come from the KV cache; diffusion forcing) stream 0 follows the clean rows.
 
 RoPE: video token (chunk n, frame f, row i, col j) sits at (n·F + f, i, j); action token k of chunk n at time
@@ -93,8 +94,8 @@ class WamConfig:
 
 VIDEO, ACTION = 0, 1       # modality ids
 CLEAN, NOISY = 0, 1        # stream ids (teacher forcing: stream 0 clean context, stream 1 noised targets)
-INVERSE_DYNAMICS, JOINT = "inverse_dynamics", "joint"
-LAYOUTS = (INVERSE_DYNAMICS, JOINT)
+INVERSE_DYNAMICS, JOINT, HISTORY_ONLY = "inverse_dynamics", "joint", "history_only"
+LAYOUTS = (INVERSE_DYNAMICS, JOINT, HISTORY_ONLY)
 
 
 def attention_rule(q: Mapping[str, Any], k: Mapping[str, Any], layout: str = INVERSE_DYNAMICS):
@@ -106,6 +107,9 @@ def attention_rule(q: Mapping[str, Any], k: Mapping[str, Any], layout: str = INV
       and clean actions; noisy video sees only noisy video; noisy actions see noisy actions and the *clean*
       video of chunk n (actions are decoded from the chunk's future video), never the noisy video.
     joint: within chunk n a token sees its whole chunk of its own stream (video and actions denoised together).
+    history_only: within chunk n a token sees only its own modality of its own stream, so a chunk's actions come
+      from the earlier chunks alone (a policy without a world model: with flow.video_weight=0 the paper's "no
+      video supervision" ablation, where no chunk video is generated to decode actions from).
     With one stream (rollout, diffusion forcing) stream 0 follows the clean rows.
     This is the one definition of the mask; `TokenLayout.self_mask` evaluates it densely (reference and tests),
     attention kernels evaluate it per block from the ids."""
@@ -113,6 +117,8 @@ def attention_rule(q: Mapping[str, Any], k: Mapping[str, Any], layout: str = INV
     same_chunk = k["chunk"] == q["chunk"]
     if layout == JOINT:
         return earlier_clean | (same_chunk & (k["stream"] == q["stream"]))
+    if layout == HISTORY_ONLY:
+        return earlier_clean | (same_chunk & (k["stream"] == q["stream"]) & (k["modality"] == q["modality"]))
     if layout != INVERSE_DYNAMICS:
         raise ValueError(f"layout {layout!r} unknown; choose one of {LAYOUTS}")
     q_clean, k_clean = q["stream"] == CLEAN, k["stream"] == CLEAN

@@ -1,86 +1,68 @@
-"""The paper's studies as experiment variants, and one table of their results.
+"""The paper's studies at demo scale (`studies/paper.py`) and its KV-memory table (`studies/memory_table.py`).
 
-    python -m wam_jax.studies run --study guidance --out out/studies      # train + closed-loop eval per variant
-    python -m wam_jax.studies collect --out out/studies                   # one table over everything found
-    python -m wam_jax.studies memory-table --out out/studies/memory_table  # paper Table 5 (studies/memory_table.py)
+    python -m wam_jax.studies run --study video_supervision|pretraining|guidance|data_scaling|all \
+        --seeds 0,1,2 --steps 600 --out out/studies          # train + score every variant and seed
+    python -m wam_jax.studies collect --out out/studies      # one table over everything found (mean ± sd)
+    python -m wam_jax.studies memory-table --out out/studies/memory_table  # paper Table 5
 
-Studies at demo scale (experiments/drivewam_highway.py, CPU): guidance on/off, selective KV memory budgets vs
-the full cache (same trained model, closed loop), data scaling (number of training clips). At paper scale the
-same ablations are arguments of experiments/drivewam_wan21_1_3b.py (`guidance=`, `memory=`, `init=wan|scratch`,
-`clips=4k|10k|100k`); pretrained-vs-scratch needs an imported Wan checkpoint, so it has no demo-scale variant.
+Each study is a set of variants of experiments/drivewam_highway.py scored on the same held-out clips (open-loop
+plan ADE/FDE at 4 s, imagination latent MSE; `--episodes N` adds N closed-loop seeds). At paper scale the same
+ablations are arguments and overrides of experiments/drivewam_paper.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
-from wam_jax.tools import tables
-
-STUDIES = {
-    "guidance": [("guidance on", "guidance=on"), ("guidance off", "guidance=off")],
-    "memory": [("full cache", "memory=full"), ("selective 3 chunks", "memory=selective")],
-    "data_scaling": [("10 clips", "clips=10"), ("20 clips", "clips=20"), ("40 clips", "clips=40")],
-}
-EXPERIMENT = "experiments/drivewam_highway.py"
-COLUMNS = (("collision", "collision_rate", "{:.2f}"), ("off-road", "off_road_rate", "{:.2f}"),
-           ("progress m", "progress_m", "{:.1f}"), ("PDMS", "pdms", "{:.3f}"), ("ADE m", "ade_m", "{:.2f}"))
+from wam_jax.studies.paper import CLIP_SIZES, STUDIES, collect, run  # noqa: F401 (the package's entry points)
 
 
-def variant_dir(out: str, study: str, label: str) -> str:
-    return os.path.join(out, study, label.replace(" ", "_"))
-
-
-def run_study(study: str, out: str, episodes: int, extra_overrides=()) -> None:
-    from wam_jax import demo
-    from wam_jax.config import load_config
-    if study not in STUDIES:
-        raise SystemExit(f"unknown study {study!r}; known: {sorted(STUDIES)}")
-    for label, args in STUDIES[study]:
-        target = variant_dir(out, study, label)
-        data_dir = os.path.join(out, "data_" + (args.replace("=", "_") if args.startswith("clips") else "shared"))
-        config = load_config(f"{EXPERIMENT}:{args},data_dir={os.path.join(data_dir, 'data')}", extra_overrides)
-        summary = demo.run(config, target, episodes, imagine=False, config_name=f"{EXPERIMENT}:{args}",
-                           overrides=extra_overrides)
-        with open(os.path.join(target, "study.json"), "w") as f:
-            json.dump({"study": study, "variant": label, "args": args,
-                       "aggregates": summary["aggregates"]}, f, indent=2)
-
-
-def collect(out: str) -> str:
-    """One table over every study.json under `out` (the DriveWAM row of each variant)."""
-    rows = []
-    for root, _, files in sorted(os.walk(out)):
-        if "study.json" in files:
-            with open(os.path.join(root, "study.json")) as f:
-                rec = json.load(f)
-            agg = rec["aggregates"]["drivewam"]
-            rows.append([rec["study"], rec["variant"]] + [fmt.format(agg[key]) for _, key, fmt in COLUMNS])
-    if not rows:
-        return f"no study results under {out!r}: run `python -m wam_jax.studies run --study NAME` first"
-    return tables.format_table(["study", "variant"] + [c[0] for c in COLUMNS], rows, left_columns=2)
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"{flag} {text!r}: write comma-separated integers, e.g. 0,1,2")
+    if not values or len(set(values)) != len(values):
+        raise SystemExit(f"{flag} {text!r}: give at least one value, each once")
+    return values
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax.studies", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("--study", required=True, choices=sorted(STUDIES))
+    r = sub.add_parser("run", help="train and score the variants of a study (or 'all') for each seed")
+    r.add_argument("--study", required=True, choices=sorted(STUDIES) + ["all"])
     r.add_argument("--out", default="out/studies")
-    r.add_argument("--episodes", type=int, default=8)
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2)")
+    r.add_argument("--steps", type=int, default=600, help="training steps per run (and per pretraining run)")
+    r.add_argument("--episodes", type=int, default=0, help="closed-loop seeds per run (default: none)")
+    r.add_argument("--clips", default=",".join(map(str, CLIP_SIZES)),
+                   help="training-set sizes of data scaling; the largest is every other study's (default 10,20,40)")
+    r.add_argument("--heldout-clips", type=int, default=12, help="held-out clips scored (4 chunk pairs each)")
+    r.add_argument("--workers", type=int, default=1,
+                   help="processes sharing the runs, one CPU each (on 2 cores, 2 workers train ~20%% faster)")
+    r.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)     # a worker's CPU (set by --workers)
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every run (e.g. model.num_layers=2)")
     c = sub.add_parser("collect")
     c.add_argument("--out", default="out/studies")
     from wam_jax.studies import memory_table
     memory_table.add_arguments(sub.add_parser("memory-table", help="full / fifo / selective KV memory, ADE/FDE"))
     args = parser.parse_args(argv)
+    if getattr(args, "cpu", None) is not None:      # before jax starts: XLA sizes its thread pool from this
+        os.sched_setaffinity(0, {args.cpu})
     if args.command == "memory-table":
         print(memory_table.main(args))
         return 0
     if args.command == "run":
-        run_study(args.study, args.out, args.episodes, args.set)
+        if args.steps < 1 or args.episodes < 0 or args.heldout_clips < 1 or args.workers < 1:
+            raise SystemExit("--steps, --heldout-clips and --workers must be >= 1 and --episodes >= 0")
+        run(args.study, args.out, _ints("--seeds", args.seeds), args.steps, args.episodes, args.set,
+            args.heldout_clips, _ints("--clips", args.clips), args.workers)
+        if args.cpu is not None:     # a worker: the parent prints the table
+            return 0
     print(collect(args.out))
     return 0
 

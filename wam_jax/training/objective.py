@@ -10,6 +10,8 @@ told that τ. The clean copy is both the history of later chunks and the video t
 decoded from, so the range must cover the level the sampler stops the video at (`sampler.video_stop`): at
 inference actions read a partially denoised latent and, in open-loop imagination, later chunks read it as
 history. Actions are never noised as history.
+`action_free` pretrains on video alone (zero actions and ego state, video loss only); the paper's "no video
+supervision" ablation is the other way round: `video_weight=0` with `layout="history_only"`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class FlowConfig:
     layout: str = "inverse_dynamics"        # attention layout (models.wam.attention_rule): or "joint"
     history_noise_prob: float = 0.5         # p: a chunk's clean video copy is noised with this probability ...
     history_noise_range: tuple[float, float] = (0.5, 0.7)   # ... at τ ~ U(range), which covers sampler.video_stop
+    # Pretraining on action-free video (the video prior, like Wan's): the action stream and the ego state carry
+    # zeros and the loss is the video's alone. The Wan part of such a run initialises a DriveWAM (`init=wan`).
+    action_free: bool = False
 
     def __post_init__(self):
         if self.context not in CONTEXT_MODES:
@@ -99,6 +104,9 @@ def flow_matching_loss(apply_fn, params, batch: Mapping[str, jax.Array], rng: ja
     → (v_video, v_action, _). Returns (loss, metrics) with per-modality losses (mean squared velocity error over
     target tokens)."""
     latents, actions = batch["latents"], batch["actions"]
+    if flow.action_free:
+        actions = jnp.zeros_like(actions)
+        batch = dict(batch, ego=None if batch.get("ego") is None else jnp.zeros_like(batch["ego"]))
     b, n = actions.shape[:2]
     flow.check_chunks(n)
     x0_v = latents.reshape(b, n, frames_per_chunk, *latents.shape[2:]).astype(jnp.float32)
@@ -131,5 +139,5 @@ def flow_matching_loss(apply_fn, params, batch: Mapping[str, jax.Array], rng: ja
     denom = b * weight.sum()
     loss_v = jnp.sum(err_v * weight) / denom
     loss_a = jnp.sum(err_a * weight) / denom
-    loss = flow.video_weight * loss_v + flow.action_weight * loss_a
+    loss = flow.video_weight * loss_v + (0.0 if flow.action_free else flow.action_weight) * loss_a
     return loss, {"loss": loss, "loss_video": loss_v, "loss_action": loss_a}
