@@ -61,7 +61,11 @@ def get_config(arg=None):
     # Placeholder increment statistics (~10 m/s); refit on the dataset (ActionNorm.fit, representation increments).
     dt = 4.0 / k
     c.action_norm = dict(mean=[10.0 * dt, 0.0, 0.0], std=[4.0 * dt, 0.5 * dt, 0.1 * dt], representation="increments")
-    c.flow = base.flow(video_weight=1.0 if arg.video_supervision == "on" else 0.0, loss_from_chunk=1)
+    # Without video supervision no chunk video is generated to decode the actions from: they come from the
+    # history alone (flow.layout=history_only), as in the demo-scale study (wam_jax/studies/paper.py).
+    video_on = arg.video_supervision == "on"
+    c.flow = base.flow(video_weight=1.0 if video_on else 0.0, loss_from_chunk=1,
+                       layout="inverse_dynamics" if video_on else "history_only")
     c.train = base.train(bench["steps"], arg.batch, lr=1e-5, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=2.0,
                          warmup_steps=10, lr_halve_at=bench["halve"], ema_decay=0.999, checkpoint_every=2000,
                          log_every=50)
@@ -70,10 +74,9 @@ def get_config(arg=None):
                   chunks_per_example=c.chunks, window_stride=1, seed=0, shuffle=True, num_epochs=0,
                   drop_remainder=True, num_workers=8, worker_buffer_size=2, read_threads=8, skip_bad_records=True,
                   inputs="latents", image_size=(), intent_vocab=(), brightness_jitter=0.0, flip_prob=0.0)
-    fixed = arg.guidance == "fixed"
     c.guidance = dict(enabled=True, encoder="transformers", encoder_path=arg.text_encoder, encoder_dtype="bfloat16",
-                      source="vlm", vlm_path=arg.vlm, vlm_prompt=PAPER_PROMPT, vlm_frames=1, vlm_max_new_tokens=96,
-                      max_words=50, vocabulary=(FIXED_GUIDANCE,) if fixed else (), snap_to_vocabulary=fixed)
+                      source="fixed" if arg.guidance == "fixed" else "vlm", fixed_prompt=FIXED_GUIDANCE,
+                      vlm_path=arg.vlm, vlm_prompt=PAPER_PROMPT, vlm_frames=1, vlm_max_new_tokens=96, max_words=50)
     c.latent = dict(kind="wan_vae", frame_stride=1, space_to_depth=1, channels=0, pca_path="",
                     vae_checkpoint=arg.vae_checkpoint)
     c.sampler = base.sampler(video_steps=3, video_stop=0.6, action_steps=10, solver="euler")

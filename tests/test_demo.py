@@ -1,12 +1,11 @@
-"""`make demo` pipeline at smoke size: dataset → training → closed-loop table → imagination outputs; studies
-table collection."""
+"""`make demo` pipeline at smoke size: dataset → training → closed-loop table → imagination outputs (the studies:
+tests/test_studies.py)."""
 
 import json
 import os
 import subprocess
 import sys
 
-from wam_jax import studies
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,17 +30,3 @@ def test_demo_pipeline_smoke(tmp_path):
                  "eval/results.txt", "eval/results.json"):
         assert (out / name).exists(), name
     assert any(f.startswith("drivewam_seed") and f.endswith(".mp4") for f in os.listdir(out / "eval"))
-
-
-def test_studies_collect_reads_every_variant(tmp_path):
-    for study, label, collision in (("guidance", "guidance on", 0.25), ("memory", "full cache", 0.5)):
-        target = studies.variant_dir(str(tmp_path), study, label)
-        os.makedirs(target)
-        agg = {"collision_rate": collision, "off_road_rate": 0.0, "progress_m": 400.0, "pdms": 0.5, "ade_m": 3.0}
-        with open(os.path.join(target, "study.json"), "w") as f:
-            json.dump({"study": study, "variant": label, "args": "", "aggregates": {"drivewam": agg}}, f)
-    table = studies.collect(str(tmp_path)).splitlines()
-    assert table[0].split()[:2] == ["study", "variant"]
-    assert any(line.startswith("guidance") and "0.25" in line for line in table)
-    assert any(line.startswith("memory") and "0.50" in line for line in table)
-    assert "no study results" in studies.collect(str(tmp_path / "empty"))
