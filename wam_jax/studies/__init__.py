@@ -28,6 +28,16 @@ def _ints(flag: str, text: str) -> list[int]:
     return values
 
 
+def _compilation_cache(path: str) -> None:
+    """Every run of a study compiles the same train step and rollout programs (the params are arguments): a
+    persistent compilation cache turns all but the first compile of each into a read. An explicit
+    JAX_COMPILATION_CACHE_DIR wins."""
+    import jax
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wam_jax.studies", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,6 +63,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "cpu", None) is not None:      # before jax starts: XLA sizes its thread pool from this
         os.sched_setaffinity(0, {args.cpu})
+    if args.command == "run":
+        _compilation_cache(os.path.join(args.out, "jax_cache"))
     if args.command == "memory-table":
         print(memory_table.main(args))
         return 0
