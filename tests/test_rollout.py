@@ -121,6 +121,28 @@ def test_budget_bounds_memory_over_75_chunks(model, mode):
     assert np.all(np.isfinite(result.actions)) and np.all(np.isfinite(result.video))
 
 
+def test_full_cache_sized_to_the_rollout_gives_the_same_rollout():
+    """Experiment.engine(chunks): a full cache of just the rollout's chunks samples what the 80-chunk cache does
+    (the empty slots are masked), with a fraction of the memory; bounded modes are left as configured."""
+    from wam_jax.experiment import Experiment
+    config = load_config(TINY, ["memory.mode=full", "memory.max_chunks=80", "sampler.video_steps=2",
+                                "sampler.action_steps=2"])
+    exp = Experiment(config)
+    wan, wam = exp.wan, exp.wam
+    params = wam_lib.init_params(wan, wam, jax.random.key(0))
+    video, actions = _context(wan, wam)
+    big, small = exp.engine(), exp.engine(chunks=2)
+    assert big.memory.max_chunks == 80 and small.memory.max_chunks == 2
+    a = run_rollout(big, params, video, actions, 1, jax.random.key(2))
+    b = run_rollout(small, params, video, actions, 1, jax.random.key(2))
+    np.testing.assert_allclose(a.actions, b.actions, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(a.video, b.video, atol=1e-5, rtol=0)
+    assert b.memory[-1]["allocated_bytes"] * 40 == a.memory[-1]["allocated_bytes"]
+    assert exp.engine(chunks=200).memory.max_chunks == 80              # the config's bound still raises past it
+    selective = Experiment(load_config(TINY, ["memory.mode=selective"]))
+    assert selective.engine(chunks=2).memory == selective.memory
+
+
 def test_full_cache_raises_once_the_rollout_outgrows_it(model):
     wan, wam, params = model
     video, actions = _context(wan, wam, batch=1)

@@ -99,7 +99,7 @@ class Experiment:
         exp.sampler, exp.memory rollout configs          exp.action_norm         waypoint normalisation
         exp.guidance            intent source + encoder (None when guidance is off)
         exp.intent_table        [V, Lg, D] embeddings of the intent vocabulary (None when guidance is off)
-        exp.engine()            a RolloutEngine          exp.sim, exp.closed_loop  highway-env settings
+        exp.engine(chunks)      a RolloutEngine          exp.sim, exp.closed_loop  highway-env settings
     """
 
     def __init__(self, config):
@@ -162,9 +162,18 @@ class Experiment:
         from wam_jax import guidance
         return guidance.intent_table(self.config)
 
-    def engine(self):
+    def engine(self, chunks: int | None = None, sampler=None):
+        """A RolloutEngine with the config's sampler (or `sampler`). `chunks`: the rollout's whole length
+        (context + generated) when known; a full cache is then sized to it rather than to memory.max_chunks,
+        since every denoising step attends over all of the cache's slots (an 80-chunk cache for a 2-chunk
+        rollout costs 40× the attention; the empty slots are masked, so the result is the same)."""
+        import dataclasses
+
         from wam_jax.rollout.engine import RolloutEngine
-        return RolloutEngine(self.wan, self.wam, self.sampler, self.memory)
+        memory = self.memory
+        if chunks is not None and memory.mode == "full" and chunks < memory.max_chunks:
+            memory = dataclasses.replace(memory, max_chunks=max(1, int(chunks)))
+        return RolloutEngine(self.wan, self.wam, self.sampler if sampler is None else sampler, memory)
 
     @functools.cached_property
     def sim(self):

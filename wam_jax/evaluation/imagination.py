@@ -60,7 +60,7 @@ def evaluate(config, params, clips, video_steps: int = 10, seed: int = 0) -> dic
     from wam_jax.experiment import Experiment
     from wam_jax.metrics import trajectory
     from wam_jax.models import latents as codec
-    from wam_jax.rollout.engine import RolloutEngine, run_rollout
+    from wam_jax.rollout.engine import run_rollout
 
     exp = Experiment(config)
     wam, lc = exp.wam, config.latent
@@ -79,14 +79,14 @@ def evaluate(config, params, clips, video_steps: int = 10, seed: int = 0) -> dic
 
     def imagine(steps: int) -> np.ndarray:
         sampler = dataclasses.replace(exp.sampler, video_steps=steps, video_stop=0.0)
-        engine = RolloutEngine(exp.wan, wam, sampler, exp.memory)
+        engine = exp.engine(chunks=2, sampler=sampler)
         out = run_rollout(engine, params, lat[:, :1], actions[:, :1], 1, jax.random.key(seed), guidance,
                           ego_fn=ego_fn)
         return np.asarray(out.video[:, 1], np.float32)
 
     # Open-loop plan of chunk c + 1 with the paper's sampler (video partially denoised, then the actions),
     # against the recorded expert waypoints and constant velocity at the chunk's start speed.
-    paper = run_rollout(exp.engine(), params, lat[:, :1], actions[:, :1], 1, jax.random.key(seed), guidance,
+    paper = run_rollout(exp.engine(chunks=2), params, lat[:, :1], actions[:, :1], 1, jax.random.key(seed), guidance,
                         ego_fn=ego_fn)
     planned = exp.action_norm.denormalize(np.asarray(paper.actions[:, 1]))
     expert = waypoints[:, 1]

@@ -26,7 +26,7 @@ class DriveWAMPlanner:
         self.config, self.params, self.sim_cfg = config, params, sim_cfg
         self.experiment = Experiment(config)
         self.wam = self.experiment.wam
-        self.engine = self.experiment.engine()
+        self.engine = self.experiment.engine(chunks=2)       # every plan: the past chunk, then the next one
         self.norm = self.experiment.action_norm
         self.guidance = self.experiment.guidance
         self.frames_per_chunk = int(round(sim_cfg.chunk_s * sim_cfg.frame_hz))

@@ -374,7 +374,6 @@ def cli(argv: list[str]) -> int:
     wam = exp.wam
     check_sampler_covered(exp.flow, exp.sampler, wam.layout)
     params, step = load_trained_params(args.checkpoint, config, use_ema=not args.raw_params)
-    engine = exp.engine()
     norm = exp.action_norm
     guidance_table = exp.intent_table
     raw = next(make_iterator(config))
@@ -386,6 +385,7 @@ def cli(argv: list[str]) -> int:
     lat = batch["latents"].reshape(1, n, f, *batch["latents"].shape[2:])
     guid = batch.get("guidance")
     chunks = args.chunks or config.rollout.chunks
+    engine = exp.engine(chunks=ctx + chunks)
     gfn = (lambda c, _: jnp.asarray(guid[:, min(c, n - 1)][:, None])) if guid is not None else None
     ego = batch.get("ego")     # the clip's recorded ego state (the last recorded one past the clip's end)
     efn = (lambda c, _: jnp.asarray(ego[:, min(c, n - 1)][:, None])) if ego is not None else None
