@@ -3,6 +3,7 @@
     python -m wam_jax.studies run --study video_supervision|pretraining|guidance|data_scaling|all \
         --seeds 0,1,2 --steps 600 --out out/studies          # train + score every variant and seed
     python -m wam_jax.studies collect --out out/studies      # one table over everything found (mean ± sd)
+    python -m wam_jax.studies rescore --out out/studies      # score finished runs again (evaluation changed)
     python -m wam_jax.studies memory-table --out out/studies/memory_table  # paper Table 5
 
 Each study is a set of variants of experiments/drivewam_highway.py scored on the same held-out clips (open-loop
@@ -16,6 +17,7 @@ import argparse
 import os
 
 from wam_jax.studies.paper import CLIP_SIZES, STUDIES, collect, run  # noqa: F401 (the package's entry points)
+from wam_jax.studies.paper import rescore as run_rescore
 
 
 def _ints(flag: str, text: str) -> list[int]:
@@ -58,13 +60,19 @@ def main(argv=None) -> int:
                    help="config override for every run (e.g. model.num_layers=2)")
     c = sub.add_parser("collect")
     c.add_argument("--out", default="out/studies")
+    rs = sub.add_parser("rescore", help="score every finished run again with the current evaluation code")
+    rs.add_argument("--out", default="out/studies")
+    rs.add_argument("--episodes", type=int, default=0)
+    rs.add_argument("--heldout-clips", type=int, default=12)
     from wam_jax.studies import memory_table
     memory_table.add_arguments(sub.add_parser("memory-table", help="full / fifo / selective KV memory, ADE/FDE"))
     args = parser.parse_args(argv)
     if getattr(args, "cpu", None) is not None:      # before jax starts: XLA sizes its thread pool from this
         os.sched_setaffinity(0, {args.cpu})
-    if args.command == "run":
+    if args.command in ("run", "rescore"):
         _compilation_cache(os.path.join(args.out, "jax_cache"))
+    if args.command == "rescore":
+        run_rescore(args.out, args.episodes, args.heldout_clips)
     if args.command == "memory-table":
         print(memory_table.main(args))
         return 0

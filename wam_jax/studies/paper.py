@@ -279,6 +279,30 @@ def _spawn_workers(study, out, seeds, steps, episodes, extra_overrides, heldout_
         raise RuntimeError(f"study workers exited with {codes}")
 
 
+def rescore(out: str, episodes: int = 0, heldout_clips: int = 12) -> list[dict]:
+    """Scores every finished run under `out` again with the current evaluation code (each run's saved config,
+    the same held-out clips); training wall times are kept, `eval_s` is the new scoring's."""
+    from wam_jax import checkpoint
+    from wam_jax.config import load_config, load_saved_config
+    from wam_jax.demo import numerics_environment
+    ctx = StudyContext(out, 0, (), episodes, heldout_clips)
+    config = load_config(EXPERIMENT)
+    ctx.heldout = ctx.dataset("heldout", heldout_clips, config.dataset.heldout_seed)
+    records = []
+    for record in load_records(out):
+        target = ctx.run_dir(record["variant"], record["seed"])
+        workdir = os.path.join(target, "run")
+        start = time.perf_counter()
+        record.update(score(load_saved_config(checkpoint.run_config_path(workdir)), workdir, ctx),
+                      numerics=numerics_environment())
+        wall = dict(record["wall_s"], eval_s=time.perf_counter() - start)
+        record["wall_s"] = dict(wall, total_s=sum(v for k, v in wall.items() if k != "total_s"))
+        tables.write_json(os.path.join(target, "result.json"), record)
+        _log(f"[study] rescored {record['variant']} seed {record['seed']}: ADE@4s {record['plan_ade_m']:.3f} m")
+        records.append(record)
+    return records
+
+
 def load_records(out: str) -> list[dict]:
     records = []
     runs = os.path.join(out, "runs")
