@@ -79,6 +79,8 @@ class PipelineConfig:
     max_bad_records: int = 100        # with skip_bad_records: more distinct bad records than this stop reading
     inputs: str = "auto"              # auto (latents if present, else frames) | frames | latents | both
     image_size: tuple[int, ...] = ()  # (H, W) to resize frames to; () keeps the stored size
+    frame_stride: int = 1             # keep frames stride-1, 2·stride-1, … of a window (what a latent codec of
+                                      # this frame_stride encodes); only those are decoded
     intent_vocab: tuple[str, ...] = ()  # () → the dataset's metadata vocabulary
     shard_index: int = -1             # -1 → jax.process_index()
     shard_count: int = -1             # -1 → jax.process_count()
@@ -233,18 +235,23 @@ class _LoadExample:
 
     def __init__(self, source: ClipSource, spec: Mapping[str, Any], windows: int, stride: int, k: int,
                  want_frames: bool, want_latents: bool, vocab: Mapping[str, int] | None,
-                 image_size: tuple[int, ...], skip_bad: bool):
+                 image_size: tuple[int, ...], skip_bad: bool, frame_stride: int = 1):
         self.source, self.spec, self.windows, self.stride, self.k = source, dict(spec), windows, stride, k
         self.want_frames, self.want_latents, self.vocab = want_frames, want_latents, vocab
-        self.image_size, self.skip_bad = tuple(image_size), skip_bad
+        self.image_size, self.skip_bad, self.frame_stride = tuple(image_size), skip_bad, frame_stride
 
     def __call__(self, example_index: int):
         record, window = divmod(int(example_index), self.windows)
         try:
             data = self.source.read(record)
             try:
-                clip = schema.deserialize_clip(data, decode_frames=self.want_frames, spec=self.spec)
-                return self._cut(clip, window * self.stride)
+                # Validated without pixels; then only the window's frames (every frame_stride-th) are decoded.
+                clip = schema.deserialize_clip(data, decode_frames=False, spec=self.spec)
+                frames = None
+                if self.want_frames:
+                    lo, hi = self._frame_range(clip, window * self.stride)
+                    frames = schema.decode_frames_at(data, range(lo + self.frame_stride - 1, hi, self.frame_stride))
+                return self._cut(clip, window * self.stride, frames)
             except schema.RecordError as e:
                 raise e.at(*self.source.locate(record)) from None
         except schema.RecordError as e:
@@ -252,16 +259,22 @@ class _LoadExample:
                 raise
             return BadRecord(e.file or "?", -1 if e.index is None else int(e.index), e.problem)
 
-    def _cut(self, clip: schema.ClipRecord, c0: int) -> dict[str, np.ndarray]:
-        k, cs = self.k, clip.chunk_start
+    def _frame_range(self, clip: schema.ClipRecord, c0: int) -> tuple[int, int]:
+        """[lo, hi): the frames of chunks c0 … c0 + k − 1."""
+        cs = clip.chunk_start
+        lo, hi = int(cs[c0] - cs[0]), int(cs[c0 + self.k - 1] + clip.num_frames - cs[-1])
+        if (hi - lo) % self.frame_stride:
+            raise schema.RecordError(f"a window of {hi - lo} frames does not divide by frame_stride="
+                                     f"{self.frame_stride}")
+        return lo, hi
+
+    def _cut(self, clip: schema.ClipRecord, c0: int, frames: np.ndarray | None) -> dict[str, np.ndarray]:
+        k = self.k
         out: dict[str, np.ndarray] = {
             "waypoints": clip.waypoints[c0:c0 + k].astype(np.float32),
             "command": clip.command[c0:c0 + k].astype(np.int32),
         }
         if self.want_frames:
-            lo = int(cs[c0] - cs[0])
-            hi = int(cs[c0 + k - 1] + clip.num_frames - cs[-1])
-            frames = clip.frames[lo:hi]
             if self.image_size:
                 frames = _resize_frames(frames, self.image_size)
             out["frames"] = np.ascontiguousarray(frames)
@@ -430,6 +443,8 @@ class ClipPipeline:
             raise PipelineError(f"inputs must be one of {_INPUTS}, got {c.inputs!r}")
         if c.image_size and len(c.image_size) != 2:
             raise PipelineError(f"image_size must be (H, W) or (), got {c.image_size}")
+        if c.frame_stride < 1:
+            raise PipelineError(f"frame_stride must be >= 1, got {c.frame_stride}")
         self.dataset_dir = find_dataset_dir(c.data_dir)
         info = tfds.builder_from_directory(self.dataset_dir).info
         if c.split not in info.splits:
@@ -520,7 +535,7 @@ class ClipPipeline:
         ds = ds.repeat(None if c.num_epochs == 0 else c.num_epochs)
         ds = ds.map(_LoadExample(self.source, self.spec, self.windows_per_clip, c.window_stride,
                                  self.chunks_per_example, self.want_frames, self.want_latents, vocab,
-                                 c.image_size, c.skip_bad_records))
+                                 c.image_size, c.skip_bad_records, c.frame_stride))
         if c.brightness_jitter > 0 or c.flip_prob > 0:
             ds = ds.random_map(_Augment(c.brightness_jitter, c.flip_prob, self.intent_vocab), seed=c.seed + 1)
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(c.read_threads, 1),

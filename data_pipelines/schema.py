@@ -390,7 +390,17 @@ def deserialize_clip(data: bytes, decode_frames: bool = True, spec: Mapping[str,
     return validate_clip(clip, spec)
 
 
-def _decode_frames(packed: Mapping[str, Any]) -> np.ndarray:
+def decode_frames_at(data: bytes, indices: Sequence[int]) -> np.ndarray:
+    """uint8 [len(indices), H, W, 3]: only frames `indices` of a serialized record (a training window uses a few
+    of a long clip's frames; decoding the rest would be most of the reading time). Same checks per frame as a
+    full decode."""
+    payload = _unpack_payload(data)
+    if "frames" not in payload:
+        raise RecordError("field 'frames' is missing")
+    return _decode_frames(payload["frames"], indices)
+
+
+def _decode_frames(packed: Mapping[str, Any], indices: Sequence[int] | None = None) -> np.ndarray:
     codec, shape, data = packed.get("codec"), tuple(packed.get("shape", ())), packed.get("data")
     if len(shape) != 4:
         raise RecordError(f"field 'frames' has shape {shape}, expected [T, H, W, 3]")
@@ -398,21 +408,26 @@ def _decode_frames(packed: Mapping[str, Any]) -> np.ndarray:
         if not isinstance(data, bytes) or len(data) != int(np.prod(shape)):
             raise RecordError(f"field 'frames' holds {len(data) if isinstance(data, bytes) else '?'} bytes, "
                               f"shape {list(shape)} needs {int(np.prod(shape))}")
-        return np.frombuffer(data, np.uint8).reshape(shape).copy()
+        frames = np.frombuffer(data, np.uint8).reshape(shape)
+        return (frames if indices is None else frames[np.asarray(indices, np.int64)]).copy()
     if codec not in FRAME_CODECS:
         raise RecordError(f"unknown frame codec {codec!r}; known: {FRAME_CODECS}")
     if not isinstance(data, list) or len(data) != shape[0]:
         raise RecordError(f"field 'frames' holds {len(data) if isinstance(data, list) else '?'} images, "
                           f"shape says T={shape[0]}")
-    out = np.empty(shape, np.uint8)
-    for i, blob in enumerate(data):
+    indices = range(shape[0]) if indices is None else [int(i) for i in indices]
+    if any(not 0 <= i < shape[0] for i in indices):
+        raise RecordError(f"frame indices {list(indices)} outside the record's {shape[0]} frames")
+    out = np.empty((len(indices),) + shape[1:], np.uint8)
+    for j, i in enumerate(indices):
+        blob = data[i]
         try:
             frame = decode_frame(blob)
         except Exception as e:  # PIL raises various errors on broken images.
             raise RecordError(f"frame {i} cannot be decoded as {codec} ({type(e).__name__}: {e})") from None
         if frame.shape != shape[1:]:
             raise RecordError(f"frame {i} decodes to shape {frame.shape}, the record says {list(shape[1:])}")
-        out[i] = frame
+        out[j] = frame
     return out
 
 

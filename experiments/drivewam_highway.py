@@ -47,7 +47,8 @@ def get_config(arg=None):
     data = pipeline.default_config(arg.data_dir).to_dict()
     for key in ("batch_size", "shard_index", "shard_count"):   # set by the trainer (global batch, process shard)
         data.pop(key)
-    c.data = dict(data, source="tfds", read_threads=1)
+    # Only the frames the latent codec encodes (one a second) are decoded from the records.
+    c.data = dict(data, source="tfds", read_threads=1, frame_stride=stride)
     c.guidance = dict(enabled=arg.guidance == "on", encoder="word_hash", source="scene_rules")
     # `make demo` fits the PCA basis on the training frames and stores it next to the dataset.
     c.latent = dict(kind="pca", frame_stride=stride, space_to_depth=s2d, channels=z, pca_path="",

@@ -87,6 +87,28 @@ def test_resize_on_read(data_dir):
         assert next(it)["frames"].shape == (4, HEAD + 2 * FPC, 4, 6, 3)
 
 
+def test_frame_stride_decodes_only_the_frames_the_codec_encodes(data_dir):
+    import ml_collections
+    from wam_jax.models import latents
+    with _pipe(data_dir, shuffle=False).iterator() as it:
+        full = next(it)
+    with _pipe(data_dir, shuffle=False, frame_stride=5).iterator() as it:
+        strided = next(it)
+    np.testing.assert_array_equal(strided["frames"], full["frames"][:, 4::5])
+    np.testing.assert_array_equal(strided["waypoints"], full["waypoints"])
+    config = ml_collections.ConfigDict({"latent": dict(kind="pixels", frame_stride=5, space_to_depth=4, channels=0,
+                                                       pca_path="")})
+    np.testing.assert_array_equal(latents.encode_frames(strided["frames"], config, kept_every=5),
+                                  latents.encode_frames(full["frames"], config))
+    with pytest.raises(ValueError, match="does not divide"):
+        latents.encode_frames(strided["frames"], config, kept_every=2)
+    with pytest.raises(Exception, match="frame_stride=2"):       # a 5-frame window has no every-2nd cut
+        with _pipe(data_dir, frame_stride=2).iterator() as it:
+            next(it)
+    with pytest.raises(pipeline.PipelineError, match="frame_stride"):
+        _pipe(data_dir, frame_stride=0)
+
+
 def test_window_stride(data_dir):
     with _pipe(data_dir, chunks_per_example=1, window_stride=2, num_epochs=1, batch_size=4).iterator() as it:
         seen = {e for batch in it for e in _examples(batch)}

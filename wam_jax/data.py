@@ -131,7 +131,8 @@ def prepare_batch(raw: Mapping[str, np.ndarray], config, action_norm: ActionNorm
     (precomputed embeddings, or looked up from intent ids; the fixed source: its one prompt) when guidance is on."""
     if "latents" not in raw:
         from wam_jax.models import latents as latent_codecs
-        raw = dict(raw, latents=latent_codecs.encode_frames(raw["frames"], config))
+        kept_every = int(config.data.get("frame_stride", 1)) if "data" in config else 1   # pipeline-strided frames
+        raw = dict(raw, latents=latent_codecs.encode_frames(raw["frames"], config, kept_every))
     out = {"latents": np.asarray(raw["latents"], np.float32),
            "actions": action_norm.normalize(np.asarray(raw["waypoints"], np.float32)).astype(np.float32)}
     if "ego_state" in raw:

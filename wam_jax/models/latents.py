@@ -35,16 +35,20 @@ def latent_channels(latent_cfg) -> int:
     raise ValueError("wan_vae latent width comes from the VAE config (z_dim)")
 
 
-def encode_frames(frames: np.ndarray, config) -> np.ndarray:
-    """uint8 frames [B, T, H, W, 3] → latents [B, T / frame_stride, H / s, W / s, 3·s²] float32."""
+def encode_frames(frames: np.ndarray, config, kept_every: int = 1) -> np.ndarray:
+    """uint8 frames [B, T, H, W, 3] → latents [B, T / frame_stride, H / s, W / s, 3·s²] float32.
+    kept_every: the frames are already every n-th of the video (a pipeline with `data.frame_stride=n`), so the
+    codec takes every (frame_stride / n)-th of them."""
     lc = config.latent
     _check(lc)
+    if kept_every < 1 or lc.frame_stride % kept_every:
+        raise ValueError(f"data.frame_stride={kept_every} does not divide latent.frame_stride={lc.frame_stride}")
     if lc.kind == "none":
         raise ValueError("config.latent.kind='none' has no frame encoder: this data source must provide latents")
     if lc.kind not in ("pixels", "pca"):
         raise ValueError("wan_vae latents are computed when the dataset is built: run `python -m data_pipelines "
                          "build ... --vae-checkpoint DIR` so batches carry 'latents'")
-    s, stride = lc.space_to_depth, lc.frame_stride
+    s, stride = lc.space_to_depth, lc.frame_stride // kept_every
     b, t, h, w, c = frames.shape
     if t % stride or h % s or w % s:
         raise ValueError(f"frames [T={t}, H={h}, W={w}] are not divisible by frame_stride={stride} / "
