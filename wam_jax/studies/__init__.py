@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     rs = sub.add_parser("rescore", help="score every finished run again with the current evaluation code")
     rs.add_argument("--out", default="out/studies")
     rs.add_argument("--episodes", type=int, default=0)
-    rs.add_argument("--heldout-clips", type=int, default=12)
+    rs.add_argument("--heldout-clips", type=int, default=12, help="for runs that do not record their held-out clips")
     from wam_jax.studies import memory_table
     memory_table.add_arguments(sub.add_parser("memory-table", help="full / fifo / selective KV memory, ADE/FDE"))
     args = parser.parse_args(argv)

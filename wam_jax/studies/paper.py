@@ -173,7 +173,7 @@ def run_variant(ctx: StudyContext, key: str, seed: int) -> dict:
     start = time.perf_counter()
     from wam_jax.demo import numerics_environment
     record = {"variant": key, "label": v.label, "seed": seed, "clips": ctx.clips(v), "steps": ctx.steps, "config": arg,
-              "overrides": overrides, **score(config, os.path.join(target, "run"), ctx),
+              "overrides": overrides, "heldout": ctx.heldout, **score(config, os.path.join(target, "run"), ctx),
               "numerics": numerics_environment()}
     wall["eval_s"] = time.perf_counter() - start
     record["wall_s"] = dict(wall, total_s=sum(wall.values()))
@@ -281,15 +281,19 @@ def _spawn_workers(study, out, seeds, steps, episodes, extra_overrides, heldout_
 
 def rescore(out: str, episodes: int = 0, heldout_clips: int = 12) -> list[dict]:
     """Scores every finished run under `out` again with the current evaluation code (each run's saved config,
-    the same held-out clips); training wall times are kept, `eval_s` is the new scoring's."""
+    the held-out clips it was scored on); training wall times are kept, `eval_s` is the new scoring's."""
     from wam_jax import checkpoint
     from wam_jax.config import load_config, load_saved_config
     from wam_jax.demo import numerics_environment
     ctx = StudyContext(out, 0, (), episodes, heldout_clips)
-    config = load_config(EXPERIMENT)
-    ctx.heldout = ctx.dataset("heldout", heldout_clips, config.dataset.heldout_seed)
+    default_heldout = os.path.join(ctx.out, "data", "heldout")
     records = []
     for record in load_records(out):
+        ctx.heldout = record.get("heldout") or ctx.dataset("heldout", heldout_clips,
+                                                           load_config(EXPERIMENT).dataset.heldout_seed)
+        if not os.path.isdir(ctx.heldout):
+            raise FileNotFoundError(f"the held-out clips of {record['variant']} seed {record['seed']} are gone: "
+                                    f"{ctx.heldout} (expected under {default_heldout})")
         target = ctx.run_dir(record["variant"], record["seed"])
         workdir = os.path.join(target, "run")
         start = time.perf_counter()
