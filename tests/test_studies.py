@@ -169,8 +169,8 @@ def test_pretraining_study_end_to_end_at_smoke_size(tmp_path):
     assert saved["flow"]["action_free"] is True
     assert "video-pretrained" in result.stdout and "from scratch" in result.stdout
     # Scoring again with unchanged code reproduces every number and keeps the training times.
-    again = subprocess.run([sys.executable, "-m", "wam_jax.studies", "rescore", "--out", str(out), "--heldout-clips",
-                            "1"], capture_output=True, text=True, cwd=REPO)
+    again = subprocess.run([sys.executable, "-m", "wam_jax.studies", "rescore", "--out", str(out)],
+                           capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 0, again.stderr[-4000:]
     redo = json.loads((out / "runs" / "video_pretrained" / "seed0" / "result.json").read_text())
     for key in ("plan_ade_m", "plan_fde_m", "model_mse_4s", "model_mean_mse_1s", "copy_last_mse_4s"):

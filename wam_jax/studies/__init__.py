@@ -37,7 +37,6 @@ def _compilation_cache(path: str) -> None:
     import jax
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def main(argv=None) -> int:
@@ -63,7 +62,6 @@ def main(argv=None) -> int:
     rs = sub.add_parser("rescore", help="score every finished run again with the current evaluation code")
     rs.add_argument("--out", default="out/studies")
     rs.add_argument("--episodes", type=int, default=0)
-    rs.add_argument("--heldout-clips", type=int, default=12, help="for runs that do not record their held-out clips")
     from wam_jax.studies import memory_table
     memory_table.add_arguments(sub.add_parser("memory-table", help="full / fifo / selective KV memory, ADE/FDE"))
     args = parser.parse_args(argv)
@@ -72,7 +70,7 @@ def main(argv=None) -> int:
     if args.command in ("run", "rescore"):
         _compilation_cache(os.path.join(args.out, "jax_cache"))
     if args.command == "rescore":
-        run_rescore(args.out, args.episodes, args.heldout_clips)
+        run_rescore(args.out, args.episodes)
     if args.command == "memory-table":
         print(memory_table.main(args))
         return 0

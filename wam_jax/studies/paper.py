@@ -30,7 +30,7 @@ import numpy as np
 from wam_jax.tools import tables
 
 EXPERIMENT = "experiments/drivewam_highway.py"
-PRETRAIN_SEED = 200_000          # action-free pretraining clips: seeds apart from training (0…) and held-out (100000…)
+PRETRAIN_SEED = 200_000          # action-free pretraining clips: apart from training (0…) and held-out (100000…)
 CLIP_SIZES = (10, 20, 40)
 
 
@@ -50,7 +50,8 @@ FIXED = {
 }
 # study → [(row label, variant key, the paper's ADE@4s m for the row)]; data scaling's rows come from the sizes.
 STUDIES = {
-    "video_supervision": [("video supervision on", "base", 0.83), ("video supervision off", "no_video_supervision", 1.23)],
+    "video_supervision": [("video supervision on", "base", 0.83),
+                          ("video supervision off", "no_video_supervision", 1.23)],
     "pretraining": [("from scratch", "base", 1.10), ("video-pretrained", "video_pretrained", 0.83)],
     "guidance": [("scene-evolving guidance", "base", 0.83), ("fixed prompt", "fixed_prompt", 0.92)],
     "data_scaling": [],
@@ -96,7 +97,7 @@ class StudyContext:
         self.heldout_clips, self.sizes = heldout_clips, tuple(sorted(sizes))
         if not self.sizes or self.sizes[0] < 1 or len(set(self.sizes)) != len(self.sizes):
             raise SystemExit(f"clip sizes {sizes}: give distinct positive counts")
-        self._datasets: dict[str, str] = {}
+        self.datasets: dict[str, str] = {}
 
     def clips(self, v: Variant) -> int:
         return self.sizes[-1] if v.clips is None else v.clips
@@ -115,10 +116,10 @@ class StudyContext:
     def dataset(self, name: str, clips: int, seed: int) -> str:
         from wam_jax import demo
         from wam_jax.config import load_config
-        if name not in self._datasets:
+        if name not in self.datasets:
             config = load_config(f"{EXPERIMENT}:clips={clips}", list(self.extra))
-            self._datasets[name] = demo.build_dataset(config, name, clips, seed, os.path.join(self.out, "data", name))
-        return self._datasets[name]
+            self.datasets[name] = demo.build_dataset(config, name, clips, seed, os.path.join(self.out, "data", name))
+        return self.datasets[name]
 
     def prepare(self, variants):
         from data_pipelines import prepare
@@ -130,7 +131,7 @@ class StudyContext:
             self.dataset("pretrain", self.sizes[-1], PRETRAIN_SEED)
         self.heldout = self.dataset("heldout", self.heldout_clips, config.dataset.heldout_seed)
         with config.unlocked():
-            config.data.data_dir = self._datasets[f"train_{self.sizes[-1]}"]
+            config.data.data_dir = self.datasets[f"train_{self.sizes[-1]}"]
         self.pca_path = prepare.pca_for(config, config.data.data_dir, log=_log)
 
     def run_dir(self, variant: str, seed: int) -> str:
@@ -145,7 +146,8 @@ def _train(config, workdir: str) -> float:
 
 
 def run_variant(ctx: StudyContext, key: str, seed: int) -> dict:
-    """Trains (or reuses) one variant at one seed and scores it; the record is also OUT/runs/<key>/seed<k>/result.json."""
+    """Trains (or reuses) one variant at one seed and scores it; the record is also
+    OUT/runs/<key>/seed<k>/result.json."""
     from wam_jax.interop.wan_import import save_wan_part
     from wam_jax.rollout.engine import load_trained_params
     target = ctx.run_dir(key, seed)
@@ -158,7 +160,7 @@ def run_variant(ctx: StudyContext, key: str, seed: int) -> dict:
     wall = {}
     more = []
     if v.pretrain:
-        pre_config, _, _ = ctx.config(v, seed, ctx._datasets["pretrain"], ["flow.action_free=True"])
+        pre_config, _, _ = ctx.config(v, seed, ctx.datasets["pretrain"], ["flow.action_free=True"])
         _log(f"[study] {key} seed {seed}: pretraining on action-free video ({ctx.steps} steps)")
         wall["pretrain_s"] = _train(pre_config, os.path.join(target, "pretrain"))
         wan_dir = os.path.join(target, "pretrained_wan")
@@ -167,19 +169,26 @@ def run_variant(ctx: StudyContext, key: str, seed: int) -> dict:
             params, _ = load_trained_params(os.path.join(target, "pretrain"), pre_config)
             save_wan_part(params, Experiment(pre_config).wan, wan_dir, os.path.join(target, "pretrain"))
         more = ["init=wan", f"init_checkpoint={wan_dir}"]
-    config, arg, overrides = ctx.config(v, seed, ctx._datasets[f"train_{ctx.clips(v)}"], more)
+    config, arg, overrides = ctx.config(v, seed, ctx.datasets[f"train_{ctx.clips(v)}"], more)
     _log(f"[study] {key} seed {seed}: training {ctx.steps} steps on {ctx.clips(v)} clips")
     wall["train_s"] = _train(config, os.path.join(target, "run"))
-    start = time.perf_counter()
-    from wam_jax.demo import numerics_environment
-    record = {"variant": key, "label": v.label, "seed": seed, "clips": ctx.clips(v), "steps": ctx.steps, "config": arg,
-              "overrides": overrides, "heldout": ctx.heldout, **score(config, os.path.join(target, "run"), ctx),
-              "numerics": numerics_environment()}
-    wall["eval_s"] = time.perf_counter() - start
-    record["wall_s"] = dict(wall, total_s=sum(wall.values()))
+    record = {"variant": key, "label": v.label, "seed": seed, "clips": ctx.clips(v), "steps": ctx.steps,
+              "config": arg, "overrides": overrides, **_scored(ctx, config, os.path.join(target, "run"), wall)}
     tables.write_json(result_path, record)
     _log(f"[study] {key} seed {seed}: ADE@4s {record['plan_ade_m']:.3f} m ({record['wall_s']['total_s']:.0f} s)")
     return record
+
+
+def _scored(ctx: StudyContext, config, workdir: str, wall: dict) -> dict:
+    """`score` of a run, the held-out clips and numerics it was scored with, and its wall times (`wall`, the
+    scoring's own as eval_s, and their total)."""
+    from wam_jax.demo import numerics_environment
+    start = time.perf_counter()
+    fields = score(config, workdir, ctx)
+    wall = {k: v for k, v in wall.items() if k != "total_s"}
+    wall["eval_s"] = time.perf_counter() - start
+    return {**fields, "heldout": ctx.heldout, "numerics": numerics_environment(),
+            "wall_s": dict(wall, total_s=sum(wall.values()))}
 
 
 def score(config, workdir: str, ctx: StudyContext) -> dict:
@@ -279,28 +288,22 @@ def _spawn_workers(study, out, seeds, steps, episodes, extra_overrides, heldout_
         raise RuntimeError(f"study workers exited with {codes}")
 
 
-def rescore(out: str, episodes: int = 0, heldout_clips: int = 12) -> list[dict]:
+def rescore(out: str, episodes: int = 0) -> list[dict]:
     """Scores every finished run under `out` again with the current evaluation code (each run's saved config,
     the held-out clips it was scored on); training wall times are kept, `eval_s` is the new scoring's."""
     from wam_jax import checkpoint
-    from wam_jax.config import load_config, load_saved_config
-    from wam_jax.demo import numerics_environment
-    ctx = StudyContext(out, 0, (), episodes, heldout_clips)
-    default_heldout = os.path.join(ctx.out, "data", "heldout")
+    from wam_jax.config import load_saved_config
+    ctx = StudyContext(out, 0, (), episodes)
     records = []
     for record in load_records(out):
-        ctx.heldout = record.get("heldout") or ctx.dataset("heldout", heldout_clips,
-                                                           load_config(EXPERIMENT).dataset.heldout_seed)
+        ctx.heldout = record.get("heldout") or os.path.join(ctx.out, "data", "heldout")
         if not os.path.isdir(ctx.heldout):
             raise FileNotFoundError(f"the held-out clips of {record['variant']} seed {record['seed']} are gone: "
-                                    f"{ctx.heldout} (expected under {default_heldout})")
+                                    f"{ctx.heldout}")
         target = ctx.run_dir(record["variant"], record["seed"])
         workdir = os.path.join(target, "run")
-        start = time.perf_counter()
-        record.update(score(load_saved_config(checkpoint.run_config_path(workdir)), workdir, ctx),
-                      numerics=numerics_environment())
-        wall = dict(record["wall_s"], eval_s=time.perf_counter() - start)
-        record["wall_s"] = dict(wall, total_s=sum(v for k, v in wall.items() if k != "total_s"))
+        record.update(_scored(ctx, load_saved_config(checkpoint.run_config_path(workdir)), workdir,
+                              record["wall_s"]))
         tables.write_json(os.path.join(target, "result.json"), record)
         _log(f"[study] rescored {record['variant']} seed {record['seed']}: ADE@4s {record['plan_ade_m']:.3f} m")
         records.append(record)
