@@ -247,6 +247,7 @@ def record_hook(config, use: str = "intent") -> Callable[[Any], Any]:
 __all__ = [
     "GuidanceConfig", "Guidance", "TextEncoder", "IntentSource", "WordHashEncoder", "TransformersTextEncoder",
     "SceneRulesSource", "VLMSource", "FixedPromptSource", "make_encoder", "make_source", "make_guidance",
-    "model_dims", "intent_table", "clear_caches", "embed_records", "chunk_context_frames", "record_hook", "clean_phrase", "snap_to_vocabulary",
+    "model_dims", "intent_table", "clear_caches", "embed_records", "chunk_context_frames", "record_hook",
+    "clean_phrase", "snap_to_vocabulary",
     "words", "DEFAULT_VLM_PROMPT",
 ]
