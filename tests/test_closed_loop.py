@@ -218,3 +218,16 @@ def test_frames_are_rendered_only_for_planners_that_read_them_and_videos_only_fo
                                                   for ext in ("mp4", "png"))
     with pytest.raises(ValueError, match="video_episodes"):
         cl.ClosedLoopConfig(video_episodes=-1)
+
+
+def test_seeds_shared_over_worker_processes_give_the_serial_results_in_seed_order(tmp_path):
+    import dataclasses
+    serial = cl.evaluate(["expert", "constant_velocity"], 3, 40, SIM, FAST)
+    parallel = cl.evaluate(["expert", "constant_velocity"], 3, 40, SIM, dataclasses.replace(FAST, workers=2))
+    for name in serial:
+        assert [r.seed for r in parallel[name]] == [40, 41, 42]
+        for a, b in zip(serial[name], parallel[name]):
+            np.testing.assert_array_equal(a.poses, b.poses)
+            assert a.summary() == b.summary()
+    with pytest.raises(ValueError, match="workers"):
+        cl.ClosedLoopConfig(workers=-1)

@@ -74,6 +74,56 @@ def tiny():
     return wan, wam, params
 
 
+def _random_inputs(seed, b=1, n=3):
+    """(rng, video [B, 2, N, F, h, w, z], actions [B, 2, N, K, 3], t [B, 2, N]) for the tiny model: stream 0
+    clean (t = 0), stream 1 at random times."""
+    rng = np.random.default_rng(seed)
+    video = rng.standard_normal((b, 2, n, 2, 4, 4, 8)).astype(np.float32)
+    actions = rng.standard_normal((b, 2, n, 8, 3)).astype(np.float32)
+    t = np.stack([np.zeros((b, n)), rng.uniform(size=(b, n))], 1).astype(np.float32)
+    return rng, video, actions, t
+
+
+@pytest.mark.parametrize("layout", ["inverse_dynamics", "joint", "history_only"])
+@pytest.mark.parametrize("streams,chunks,loss_from", [(2, 2, 1), (2, 3, 0), (2, 3, 2), (1, 3, 1), (2, 1, 0)])
+def test_needed_blocks_are_what_the_scored_tokens_reach(layout, streams, chunks, loss_from):
+    """Brute force: the transitive closure of the brute-force mask from the scored (last-stream) tokens."""
+    lv, k = 2, 1
+    mask = _brute_force_mask(streams, chunks, lv, k, layout)
+    tokens = [(s, n) for s in range(streams) for n in range(chunks) for _ in range(lv + k)]
+    reach = np.array([s == streams - 1 and n >= loss_from for s, n in tokens])
+    for _ in range(len(tokens)):
+        reach = reach | mask[reach].any(axis=0)
+    expected = tuple(sorted({tokens[i] for i in np.nonzero(reach)[0]}))
+    assert wam_lib.needed_blocks(streams, chunks, range(loss_from, chunks), layout) == expected
+
+
+def test_skipping_unread_blocks_changes_no_scored_output_or_gradient(tiny):
+    """The demo's teacher forcing (2 chunks, loss from chunk 1) skips the noised context chunk: the kept blocks'
+    outputs and the loss gradients equal the full sequence's; the skipped block reads zeros."""
+    wan, wam, params = tiny
+    model = wam_lib.DriveWAM(wan, wam)
+    _, video, actions, t = _random_inputs(2, b=2, n=2)
+    blocks = wam_lib.needed_blocks(2, 2, [1])
+    assert blocks == ((0, 0), (0, 1), (1, 1))
+
+    def scored(p, blocks):
+        v, a, _ = model.apply({"params": p}, video, actions, t, t, None, blocks=blocks)
+        return v[:, 1, 1], a[:, 1, 1], v, a
+
+    full_v, full_a, _, _ = scored(params, None)
+    v, a, all_v, all_a = scored(params, blocks)
+    np.testing.assert_allclose(v, full_v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, full_a, rtol=1e-5, atol=1e-6)
+    assert float(np.abs(all_v[:, 1, 0]).max()) == 0.0 and float(np.abs(all_a[:, 1, 0]).max()) == 0.0
+    loss = lambda p, blocks: sum(float(0) + (x ** 2).mean() for x in scored(p, blocks)[:2])
+    g_full, g_kept = jax.grad(loss)(params, None), jax.grad(loss)(params, blocks)
+    for x, y in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_kept)):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="distinct"):
+        model.apply({"params": params}, video, actions, t, t, None, blocks=((0, 0), (0, 0)))
+
+
 @pytest.mark.parametrize("layout", ["inverse_dynamics", "history_only"])
 def test_action_prediction_depends_on_own_clean_video_not_noisy_video(tiny, layout):
     """inverse_dynamics: chunk k's actions read chunk k's clean video; history_only (no video supervision): they
@@ -81,11 +131,8 @@ def test_action_prediction_depends_on_own_clean_video_not_noisy_video(tiny, layo
     wan, wam, params = tiny
     wam = dataclasses.replace(wam, layout=layout)
     model = wam_lib.DriveWAM(wan, wam)
-    rng = np.random.default_rng(0)
-    b, n = 1, 3
-    video = rng.standard_normal((b, 2, n, 2, 4, 4, 8)).astype(np.float32)
-    actions = rng.standard_normal((b, 2, n, 8, 3)).astype(np.float32)
-    t = np.stack([np.zeros((b, n)), rng.uniform(size=(b, n))], 1).astype(np.float32)
+    _, video, actions, t = _random_inputs(0)
+    n = video.shape[2]
     apply = jax.jit(lambda v: model.apply({"params": params}, v, actions, t, t, None)[:2])
     _, base_a = apply(video)
     ref = np.asarray(base_a)
@@ -142,12 +189,8 @@ def test_fresh_ego_branch_keeps_imported_wan_video_output(tmp_path):
 def test_ego_state_of_chunk_k_reaches_chunk_k_only(tiny):
     wan, wam, params = tiny
     model = wam_lib.DriveWAM(wan, wam)
-    rng = np.random.default_rng(1)
-    b, n = 1, 3
-    video = rng.standard_normal((b, 2, n, 2, 4, 4, 8)).astype(np.float32)
-    actions = rng.standard_normal((b, 2, n, 8, 3)).astype(np.float32)
-    t = np.stack([np.zeros((b, n)), rng.uniform(size=(b, n))], 1).astype(np.float32)
-    ego = rng.standard_normal((b, n, 3)).astype(np.float32)
+    rng, video, actions, t = _random_inputs(1)
+    ego = rng.standard_normal((1, video.shape[2], 3)).astype(np.float32)
     apply = jax.jit(lambda e: model.apply({"params": params}, video, actions, t, t, None, ego=e)[:2])
     base_v, base_a = apply(ego)
     e2 = ego.copy()

@@ -198,8 +198,42 @@ def test_heading_up_frames_keep_the_ego_pointing_right():
     env.unwrapped.vehicle.heading = 0.0
     straight = ego_rows(hw.render_frame(env, cfg))
     env.unwrapped.vehicle.heading = 0.3
-    turned_world = ego_rows(hw.render_frame(env, dataclasses.replace(cfg, heading_up=False)))
+    world = dataclasses.replace(cfg, heading_up=False)      # renders no rotation pad: its own env
+    env_world = hw.make_env(world, 3)
+    env_world.unwrapped.vehicle.heading = 0.3
+    turned_world = ego_rows(hw.render_frame(env_world, world))
     turned_up = ego_rows(hw.render_frame(env, cfg))
-    env.close()
+    env.close(), env_world.close()
     assert turned_world > straight + 1          # the world-aligned view shows the car rotated ...
     assert abs(turned_up - straight) <= 1       # ... the heading-up view keeps it horizontal
+
+
+def test_heading_up_wide_frames_rotate_a_padded_render_with_no_border_pulled_in():
+    # A wide, short frame tilted by 10 degrees reaches far past its own rows at the far end; the render pad
+    # covers it, so the rotated frame is the crop of rotating a much larger render about the same ego pixel.
+    cfg = hw.HighwaySimConfig(heading_up=True, image_size=(32, 128), centering=(0.15, 0.5), supersample=2)
+    big = dataclasses.replace(cfg, image_size=(160, 256), centering=((0.15 * 128 + 64) / 256, 0.5))
+    assert cfg.render_pad[0] >= 30 and hw.HighwaySimConfig(heading_up=False).render_pad == (0, 0)
+    env, env_big = hw.make_env(cfg, 3), hw.make_env(big, 3)
+    for e in (env, env_big):
+        e.unwrapped.vehicle.heading = math.radians(10.0)
+    frame, frame_big = hw.render_frame(env, cfg), hw.render_frame(env_big, big)
+    env.close(), env_big.close()
+    assert frame.shape == (32, 128, 3)
+    crop = frame_big[64:96, 64:192].astype(int)
+    # Same pixels (without the pad, 3% of them differ: the border rows smeared into the far corners)
+    assert np.mean(np.abs(frame.astype(int) - crop) > 8) < 0.005
+    ego_px = hw.world_to_pixel(env.unwrapped.vehicle.position[None], env.unwrapped.vehicle.position, cfg)[0]
+    np.testing.assert_allclose(ego_px, [0.15 * 128, 16.0])
+
+
+def test_noise_injection_window_starts_bursts_only_near_each_chunk_end():
+    base = hw.HighwaySimConfig(duration_s=30.0)
+    windowed = dataclasses.replace(base, perturb_steering=0.1, perturb_rate_hz=3.0, perturb_s=0.3,
+                                   perturb_window_s=1.0)
+    with pytest.raises(ValueError, match="perturb_window_s"):
+        dataclasses.replace(base, perturb_window_s=5.0)
+    clean = hw.record_expert_episode(base, 3, steps=100, render=False)
+    noisy = hw.record_expert_episode(windowed, 3, steps=100, render=False)
+    first = int(np.argmax(np.abs(noisy.actions[:, 1] - clean.actions[:, 1]) > 1e-6))
+    assert first > 0 and first % base.steps_per_chunk >= base.steps_per_chunk - 10   # the last second of a chunk

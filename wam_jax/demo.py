@@ -41,8 +41,7 @@ def build_dataset(config, name: str, clips: int, seed: int, path: str) -> str:
     from data_pipelines.sources.highway import HighwayConfig, WamHighway
     from wam_jax.experiment import Experiment
     ds = config.dataset
-    sim = dataclasses.replace(Experiment(config).sim, perturb_steering=ds.perturb_steering,
-                              perturb_rate_hz=ds.perturb_rate_hz, perturb_s=ds.perturb_s)
+    sim = dataclasses.replace(Experiment(config).sim, **{k: v for k, v in ds.items() if k.startswith("perturb_")})
     cfg = HighwayConfig(name=f"demo_{name}", num_clips=clips, seed=seed, num_chunks=ds.num_chunks, sim=sim)
     start = time.perf_counter()
     built = builders.build(WamHighway, cfg, path)
@@ -98,9 +97,9 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
         overrides=()) -> dict:
     """The whole pipeline on `config` into `out`; returns the closed-loop aggregates (and imagination errors)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")     # "dummy" renders blank frames in highway-env
-    from wam_jax import planners as planner_table
     from wam_jax.evaluation import closed_loop as cl
     from wam_jax.experiment import Experiment
+    from wam_jax.rollout.engine import load_trained_params
     from wam_jax.training.trainer import Trainer
 
     os.makedirs(out, exist_ok=True)
@@ -114,12 +113,11 @@ def run(config, out: str, episodes: int, imagine: bool = True, config_name: str 
 
     exp = Experiment(config)
     sim_cfg, cl_cfg = exp.sim, exp.closed_loop
-    planners = {name: planner_table.build_planner(name, sim_cfg, workdir, config) for name in PLANNERS}
-    params, step = planners[planner_table.LEARNED_PLANNER].params, planners[planner_table.LEARNED_PLANNER].checkpoint_step
+    params, step = load_trained_params(workdir, config)
     start = time.perf_counter()
     eval_dir = os.path.join(out, "eval")
     _log(f"[eval] closed loop: {episodes} held-out seeds from {EVAL_SEED}, {cl_cfg.episode_s:g} s each")
-    results = cl.evaluate(planners, episodes, EVAL_SEED, sim_cfg, cl_cfg, eval_dir, log=_log)
+    results = cl.evaluate(list(PLANNERS), episodes, EVAL_SEED, sim_cfg, cl_cfg, eval_dir, workdir, config, log=_log)
     cl.write_results(eval_dir, results, {"checkpoint_step": step, "config": config_name,
                                          "overrides": list(overrides), **numerics_environment()})
     _log(f"[eval] done ({time.perf_counter() - start:.0f} s)")

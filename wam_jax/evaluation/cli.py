@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ade", action="store_true", help="skip the expert rollouts used for ADE (faster)")
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes sharing the seeds, one CPU each (0: one per CPU; default: the config's)")
     return p
 
 
@@ -58,7 +60,8 @@ def cli(argv: list[str]) -> int:
 
     if args.vehicles is not None:
         sim_cfg = dataclasses.replace(sim_cfg, vehicles=args.vehicles)
-    flags = {"episode_s": args.episode_s, "replan_s": args.replan_s, "intent_source": args.intent}
+    flags = {"episode_s": args.episode_s, "replan_s": args.replan_s, "intent_source": args.intent,
+             "workers": args.workers}
     cl_cfg = dataclasses.replace(cl_cfg, **{k: v for k, v in flags.items() if v is not None})
     if args.no_ade:
         cl_cfg = dataclasses.replace(cl_cfg, expert_ade=False)
@@ -86,6 +89,8 @@ def cli(argv: list[str]) -> int:
     print(f"eval: planners {names}, {args.episodes} episode(s) from seed {args.seed}, {cl_cfg.episode_s:g} s each, "
           f"replan every {cl_cfg.replan_s:g} s, intent from {cl_cfg.intent_source} -> {args.out}")
     start = time.time()
+    if cl_cfg.workers != 1:      # each worker process builds its own (they were built here to check them)
+        planners = names
     results = cl.evaluate(planners, args.episodes, args.seed, sim_cfg, cl_cfg, out_dir=args.out,
                           checkpoint=args.checkpoint, config=experiment, log=print)
     meta = {"planners": names, "episodes": args.episodes, "seed": args.seed, "checkpoint": args.checkpoint,

@@ -44,12 +44,16 @@ class ClosedLoopConfig:
     video_episodes: int | None = None  # write videos / plots for the first N seeds only (None: every seed)
     video_scale: int = 4  # nearest-neighbour upscaling of the frames in the mp4
     ttc_range_m: float = 60.0  # vehicles further than this are ignored by the TTC check
+    # Processes that share the seeds when planners are given by name: 0 = one per CPU this process may use.
+    workers: int = 1
 
     def __post_init__(self):
         if self.intent_source not in ("expert", "scene"):
             raise ValueError(f"ClosedLoopConfig.intent_source must be 'expert' or 'scene', got {self.intent_source!r}")
         if self.video_episodes is not None and self.video_episodes < 0:
             raise ValueError(f"ClosedLoopConfig.video_episodes must be >= 0 or None, got {self.video_episodes}")
+        if self.workers < 0:
+            raise ValueError(f"ClosedLoopConfig.workers must be >= 0 (0: one per CPU), got {self.workers}")
         if self.replan_s <= 0 or self.episode_s <= 0 or self.warmup_s < 0:
             raise ValueError("ClosedLoopConfig: replan_s and episode_s must be positive, warmup_s >= 0")
 
@@ -291,12 +295,24 @@ def evaluate(planners: Sequence[str] | dict[str, Planner], episodes: int, seed: 
     """Runs every planner (names, or already-built planners by name) on seeds seed, ..., seed+episodes-1.
 
     The expert runs first on each seed (its progress is the EP reference) and is reported only if asked for.
+    Planners given by name with `cfg.workers` != 1: the seeds are split over that many processes (0: one per
+    CPU), each pinned to one CPU and building its own planners; results come back in seed order. Built planners
+    run here, one seed after another.
     """
+    workers = cfg.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    if workers > 1 and episodes > 1 and not isinstance(planners, dict):
+        return _evaluate_in_processes(list(planners), episodes, seed, sim_cfg, cfg, out_dir, checkpoint, config,
+                                      log, workers)
     if not isinstance(planners, dict):
         planners = {name: build_planner(name, sim_cfg, checkpoint, config) for name in planners}
+    return _evaluate_seeds(planners, range(episodes), seed, sim_cfg, cfg, out_dir, log)
+
+
+def _evaluate_seeds(planners: dict[str, Planner], indices, seed: int, sim_cfg, cfg, out_dir, log):
+    """Episodes seed + i for i in `indices` (i also decides whether the episode writes videos and plots)."""
     env = hw.make_env(sim_cfg, seed)
     results: dict[str, list[EpisodeResult]] = {name: [] for name in planners}
-    for i in range(episodes):
+    for i in indices:
         s = seed + i
         episode_cfg = (cfg if cfg.video_episodes is None or i < cfg.video_episodes
                        else dataclasses.replace(cfg, video=False, plots=False))
@@ -320,6 +336,41 @@ def evaluate(planners: Sequence[str] | dict[str, Planner], episodes: int, seed: 
                     f"progress {res.progress_m:7.1f} m  PDMS {res.pdms:.3f}")
     env.close()
     return results
+
+
+def _evaluate_shard(names, indices, seed, sim_cfg, cfg, out_dir, checkpoint, config_dict, cpu):
+    """One worker process: pinned to `cpu` before JAX starts its CPU client, then `_evaluate_seeds`."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+    os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
+    config = None
+    if config_dict is not None:
+        import ml_collections
+        config = ml_collections.ConfigDict(config_dict)
+    planners = {name: build_planner(name, sim_cfg, checkpoint, config) for name in names}
+    return _evaluate_seeds(planners, indices, seed, sim_cfg, cfg, out_dir, lambda m: print(m, flush=True))
+
+
+def _evaluate_in_processes(names, episodes, seed, sim_cfg, cfg, out_dir, checkpoint, config, log, workers):
+    import concurrent.futures
+    import multiprocessing
+
+    workers = min(workers, episodes)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    config_dict = None if config is None else config.to_dict()
+    shards = [list(range(w, episodes, workers)) for w in range(workers)]
+    if log:
+        log(f"  closed loop: {episodes} seeds over {workers} processes")
+    # spawn: a forked child would inherit this process's JAX runtime threads
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_evaluate_shard, names, shard, seed, sim_cfg, cfg, out_dir, checkpoint, config_dict,
+                               cpus[w % len(cpus)] if cpus else None) for w, shard in enumerate(shards)]
+        parts = [f.result() for f in futures]
+    by_index = {}
+    for shard, part in zip(shards, parts):
+        for j, i in enumerate(shard):
+            by_index[i] = {name: part[name][j] for name in names}
+    return {name: [by_index[i][name] for i in range(episodes)] for name in names}
 
 
 def aggregate(results: Sequence[EpisodeResult]) -> dict[str, float]:

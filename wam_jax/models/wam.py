@@ -131,16 +131,30 @@ def attention_rule(q: Mapping[str, Any], k: Mapping[str, Any], layout: str = INV
 
 @dataclasses.dataclass(frozen=True)
 class TokenLayout:
-    """Static description of a token sequence: S streams × N chunks × (Lv video + K action tokens)."""
+    """Static description of a token sequence: S streams × N chunks × (Lv video + K action tokens), or with
+    `blocks` only those (stream, chunk) blocks, in that order (`needed_blocks`: the ones a loss can reach)."""
     streams: int
     chunks: int
     video_tokens: int
     action_tokens: int
     layout: str = INVERSE_DYNAMICS
+    blocks: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout {self.layout!r} unknown; choose one of {LAYOUTS}")
+        if self.blocks is not None:
+            if not self.blocks or len(set(self.blocks)) != len(self.blocks) or any(
+                    not (0 <= s < self.streams and 0 <= n < self.chunks) for s, n in self.blocks):
+                raise ValueError(f"blocks {self.blocks} must be distinct (stream, chunk) pairs of a "
+                                 f"{self.streams} x {self.chunks} grid")
+
+    @property
+    def block_list(self) -> tuple[tuple[int, int], ...]:
+        """(stream, chunk) of every block in sequence order: stream-major over the grid unless `blocks`."""
+        if self.blocks is not None:
+            return tuple(self.blocks)
+        return tuple((s, n) for s in range(self.streams) for n in range(self.chunks))
 
     @property
     def per_chunk(self) -> int:
@@ -148,15 +162,15 @@ class TokenLayout:
 
     @property
     def length(self) -> int:
-        return self.streams * self.chunks * self.per_chunk
+        return len(self.block_list) * self.per_chunk
 
     @functools.cached_property
     def token_ids(self) -> dict[str, np.ndarray]:
         """int32 [L] per id: stream, chunk and modality of every token, in sequence order."""
-        s, n = np.meshgrid(np.arange(self.streams), np.arange(self.chunks), indexing="ij")
-        rep = lambda a: np.repeat(a.reshape(-1), self.per_chunk).astype(np.int32)
+        s, n = np.asarray(self.block_list, np.int32).T
+        rep = lambda a: np.repeat(a, self.per_chunk).astype(np.int32)
         modality = np.tile(np.r_[np.full(self.video_tokens, VIDEO), np.full(self.action_tokens, ACTION)],
-                           self.streams * self.chunks).astype(np.int32)
+                           len(self.block_list)).astype(np.int32)
         return {"stream": rep(s), "chunk": rep(n), "modality": modality}
 
     @property
@@ -185,6 +199,27 @@ class TokenLayout:
         """`cross_mask` as structure (chunk ids of the tokens and of the guidance tokens)."""
         return MaskSpec({"chunk": self.chunk_ids}, {"chunk": np.repeat(np.arange(self.chunks), guidance_tokens)},
                         same_chunk)
+
+
+def needed_blocks(streams: int, chunks: int, loss_chunks, layout: str = INVERSE_DYNAMICS):
+    """The (stream, chunk) blocks that the outputs of the last stream's `loss_chunks` depend on, in grid order.
+
+    A block is needed if its output is scored, or if a needed block's tokens attend to any of its tokens under
+    `attention_rule` (closed transitively). Teacher forcing with context chunks (flow.loss_from_chunk > 0) skips
+    the noised copies of the context chunks, and the joint / history-only layouts skip the last clean chunk:
+    nothing reads them."""
+    full = TokenLayout(streams, chunks, 1, 1, layout)
+    ids = full.token_ids
+    sees = full.self_mask()                                            # [L, L] over 2 tokens per block
+    block_of = ids["stream"] * chunks + ids["chunk"]
+    needed = {(streams - 1) * chunks + n for n in loss_chunks}
+    while True:
+        rows = np.isin(block_of, sorted(needed))
+        more = set(np.unique(block_of[sees[rows].any(axis=0)]).tolist()) | needed
+        if more == needed:
+            break
+        needed = more
+    return tuple((s, n) for s, n in full.block_list if s * chunks + n in needed)
 
 
 def same_chunk(q: Mapping[str, Any], k: Mapping[str, Any]):
@@ -284,7 +319,8 @@ class DriveWAM(nn.Module):
     return_kv: bool = False
 
     @nn.compact
-    def __call__(self, video, actions, t_video, t_action, guidance=None, chunk_offset=0, past=None, ego=None):
+    def __call__(self, video, actions, t_video, t_action, guidance=None, chunk_offset=0, past=None, ego=None,
+                 blocks=None):
         """Predicts flow-matching velocities for every token.
 
         video: [B, S, N, F, H, W, z] latents; actions: [B, S, N, K, A] normalised waypoints;
@@ -296,6 +332,8 @@ class DriveWAM(nn.Module):
         each chunk, read by chunk n's tokens only; None = zeros.
         Returns (video_velocity [B, S, N, F, H, W, z] f32, action_velocity [B, S, N, K, A] f32, qkv) where qkv
         holds this call's per-layer {"q", "k", "v"} [layers, B, L, H, Dh] when `return_kv`, else None.
+        blocks: static tuple of the (stream, chunk) blocks to compute (`needed_blocks`), or None for all; the
+        outputs of the others are zeros (nothing may read them: they must not be needed by the kept ones).
         """
         c, w = self.wan, self.wam
         w.check(c)
@@ -307,23 +345,25 @@ class DriveWAM(nn.Module):
                              f"{(w.latent_frames_per_chunk, w.latent_height, w.latent_width)}")
         if k != w.waypoints_per_chunk or actions.shape[4] != w.action_dim:
             raise ValueError(f"actions {actions.shape[3:]} != configured ({w.waypoints_per_chunk}, {w.action_dim})")
-        layout = TokenLayout(s, n, w.video_tokens(c), k, w.layout)
+        layout = TokenLayout(s, n, w.video_tokens(c), k, w.layout, None if blocks is None else tuple(blocks))
         if isinstance(chunk_offset, int):       # a traced offset is checked by the caller (RolloutEngine)
             check_rope_range(c, w, chunk_offset + n)
+        sel_s, sel_n = (np.asarray(a) for a in zip(*layout.block_list))
+        nb = len(sel_s)
+        pick = (lambda x: x[:, sel_s, sel_n]) if blocks is not None else (lambda x: x.reshape(b, s * n, *x.shape[3:]))
 
-        vid_tok, grid = PatchEmbed(c, name="patch_embed")(video.reshape(b * s * n, *video.shape[3:]))
-        vid_tok = vid_tok.reshape(b, s, n, layout.video_tokens, c.dim)
-        act_tok = ActionEmbed(c, name="action_embed")(actions)
-        tokens = jnp.concatenate([vid_tok, act_tok.astype(vid_tok.dtype)], axis=3).reshape(b, layout.length, c.dim)
+        vid_tok, grid = PatchEmbed(c, name="patch_embed")(pick(video).reshape(b * nb, *video.shape[3:]))
+        vid_tok = vid_tok.reshape(b, nb, layout.video_tokens, c.dim)
+        act_tok = ActionEmbed(c, name="action_embed")(pick(actions))
+        tokens = jnp.concatenate([vid_tok, act_tok.astype(vid_tok.dtype)], axis=2).reshape(b, layout.length, c.dim)
 
         embedder = ConditionEmbedder(c, name="condition_embedder")
-        temb_v, mod_v = embedder.time(t_video * 1000.0)            # [B,S,N,D], [B,S,N,6,D]
-        temb_a, mod_a = ActionTimeEmbed(c, name="action_time")(t_action * 1000.0)
+        temb_v, mod_v = embedder.time(pick(t_video) * 1000.0)            # [B,nb,D], [B,nb,6,D]
+        temb_a, mod_a = ActionTimeEmbed(c, name="action_time")(pick(t_action) * 1000.0)
         # Per run, not per token: each chunk's video tokens share one modulation, its action tokens another.
-        mod = (jnp.stack([mod_v, mod_a], axis=3).reshape(b, s * n, 2, *mod_v.shape[3:]),
-               np.arange(layout.per_chunk) >= layout.video_tokens)
+        mod = (jnp.stack([mod_v, mod_a], axis=2), np.arange(layout.per_chunk) >= layout.video_tokens)
 
-        base = np.tile(chunk_positions(w, c), (s * n, 1))
+        base = np.tile(chunk_positions(w, c), (nb, 1))
         frame_shift = np.zeros_like(base)
         frame_shift[:, 0] = layout.chunk_ids * grid[0]
         positions = jnp.asarray(base + frame_shift) + jnp.asarray([grid[0], 0, 0], jnp.float32) * chunk_offset
@@ -347,19 +387,24 @@ class DriveWAM(nn.Module):
 
         x, kv = WanBlocks(c, return_kv=self.return_kv, name="blocks")(tokens, context, mod, rope, self_mask,
                                                                         cross_mask, past, ego_tokens, ego_mask)
-        x = x.reshape(b, s, n, layout.per_chunk, c.dim)
-        x_v, x_a = x[:, :, :, :layout.video_tokens], x[:, :, :, layout.video_tokens:]
+        x = x.reshape(b, nb, layout.per_chunk, c.dim)
+        x_v, x_a = x[:, :, :layout.video_tokens], x[:, :, layout.video_tokens:]
         pt, ph, pw = c.patch_size
         v_out = OutputHead(c, pt * ph * pw * c.out_channels, name="head")(
             x_v.reshape(b, -1, c.dim),
-            jnp.broadcast_to(temb_v[:, :, :, None], (b, s, n, layout.video_tokens, c.dim)).reshape(b, -1, c.dim))
+            jnp.broadcast_to(temb_v[:, :, None], (b, nb, layout.video_tokens, c.dim)).reshape(b, -1, c.dim))
         a_out = ActionDecoder(c, w.action_dim, name="action_head")(
             x_a.reshape(b, -1, c.dim),
-            jnp.broadcast_to(temb_a[:, :, :, None], (b, s, n, k, c.dim)).reshape(b, -1, c.dim))
-        v_out = unpatchify(v_out.reshape(b * s * n, *grid, -1).astype(jnp.float32), c.patch_size, c.out_channels)
-        v_out = v_out.reshape(b, s, n, *v_out.shape[1:])
-        a_out = a_out.reshape(b, s, n, k, w.action_dim).astype(jnp.float32)
-        return v_out, a_out, kv
+            jnp.broadcast_to(temb_a[:, :, None], (b, nb, k, c.dim)).reshape(b, -1, c.dim))
+        v_out = unpatchify(v_out.reshape(b * nb, *grid, -1).astype(jnp.float32), c.patch_size, c.out_channels)
+        v_out = v_out.reshape(b, nb, *v_out.shape[1:])
+        a_out = a_out.reshape(b, nb, k, w.action_dim).astype(jnp.float32)
+        if blocks is None:
+            return v_out.reshape(b, s, n, *v_out.shape[2:]), a_out.reshape(b, s, n, k, w.action_dim), kv
+        # Skipped blocks read as zeros: the caller scores none of them.
+        full_v = jnp.zeros((b, s, n, *v_out.shape[2:]), v_out.dtype).at[:, sel_s, sel_n].set(v_out)
+        full_a = jnp.zeros((b, s, n, k, w.action_dim), a_out.dtype).at[:, sel_s, sel_n].set(a_out)
+        return full_v, full_a, kv
 
 
 def dummy_inputs(wan: WanConfig, wam: WamConfig, batch=1, streams=1, chunks=1, guidance=True):

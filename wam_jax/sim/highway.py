@@ -85,12 +85,20 @@ class HighwaySimConfig:
     # Rotate frames so the ego always points right, like a camera mounted on the car: the image is then in the
     # same frame as the ego-frame waypoints, and a heading off the lane direction shows as tilted lane lines.
     heading_up: bool = False
+    # With heading_up, the scene is rendered this much wider on every side than the frame (as a multiple of its
+    # rotation bound, `rotation_margin_deg`) so that rotating it never pulls the border into the frame: a wide,
+    # short frame (e.g. 32 x 128) tilted by 10 degrees reaches 19 px above and below itself at its far end.
+    rotation_margin_deg: float = 20.0
     # Recorded demonstrations only (noise injection, as in DART): steering bursts push the ego off the lane
     # centre so the data shows the expert recovering; a planner trained on perfectly centred driving never sees
     # how to come back. Off (0) by default and never used in evaluation.
     perturb_steering: float = 0.0  # max |normalised steering| added during a burst
     perturb_rate_hz: float = 0.0  # bursts start at this rate (Poisson)
     perturb_s: float = 0.6  # burst length
+    # > 0: bursts may start only in the last `perturb_window_s` seconds of each `chunk_s` chunk (counted from the
+    # episode start). A chunk's recorded future is then clean except near its own end, while the chunk before it
+    # ends pushed off the lane: the pair shows the recovery without teaching random swerves. 0: anywhere.
+    perturb_window_s: float = 0.0
 
     def __post_init__(self):
         def need(cond: bool, msg: str):
@@ -106,6 +114,9 @@ class HighwaySimConfig:
              f"waypoints_per_chunk={self.waypoints_per_chunk} must equal chunk_s*waypoint_hz={self.chunk_s * self.waypoint_hz}")
         need(len(self.image_size) == 2 and min(self.image_size) > 0, f"image_size={self.image_size} must be (H, W)")
         need(self.supersample >= 1, "supersample must be >= 1")
+        need(0.0 <= self.rotation_margin_deg < 90.0, f"rotation_margin_deg={self.rotation_margin_deg} must lie in [0, 90)")
+        need(0.0 <= self.perturb_window_s <= self.chunk_s,
+             f"perturb_window_s={self.perturb_window_s} must lie in [0, chunk_s={self.chunk_s}]")
 
     @property
     def dt(self) -> float:
@@ -123,6 +134,24 @@ class HighwaySimConfig:
     @property
     def steps_per_chunk(self) -> int:
         return self.steps_per_waypoint * self.waypoints_per_chunk
+
+    @property
+    def render_pad(self) -> tuple[int, int]:
+        """(rows, cols) rendered beyond the frame on each side before a heading-up rotation (0, 0 without one):
+        enough that every frame pixel rotated by up to `rotation_margin_deg` about the ego lands in the render."""
+        if not self.heading_up:
+            return 0, 0
+        h, w = self.image_size
+        a = math.radians(self.rotation_margin_deg)
+        cx, cy = self.centering[0] * w, self.centering[1] * h
+        corners = np.array([(x, y) for x in (-cx, w - cx) for y in (-cy, h - cy)])
+        c, s = math.cos(a), math.sin(a)
+        src = np.concatenate([corners @ np.array([[c, sg * s], [-sg * s, c]]) for sg in (-1, 1)])
+        # Per side: how far the rotated frame reaches past the render's extent on that side; pad by the worst.
+        cols = max(0.0, -src[:, 0].min() - cx, src[:, 0].max() - (w - cx))
+        rows = max(0.0, -src[:, 1].min() - cy, src[:, 1].max() - (h - cy))
+        rows, cols = math.ceil(rows), math.ceil(cols)
+        return rows, cols
 
     @property
     def waypoint_times(self) -> np.ndarray:
@@ -207,6 +236,7 @@ class _InstallExpertEgo(gym.Wrapper):
 def env_config(cfg: HighwaySimConfig) -> dict:
     """The highway-env config dict `make_env` passes to gym.make."""
     h, w = cfg.image_size
+    pad_r, pad_c = cfg.render_pad
     observation = {"type": "Kinematics"} if cfg.kinematics_obs else {"type": "AttributesObservation",
                                                                        "attributes": ["time"]}
     return {
@@ -222,10 +252,12 @@ def env_config(cfg: HighwaySimConfig) -> dict:
         "simulation_frequency": cfg.sim_hz,
         "policy_frequency": cfg.control_hz,
         "duration": cfg.duration_s,
-        "screen_width": w * cfg.supersample,
-        "screen_height": h * cfg.supersample,
+        "screen_width": (w + 2 * pad_c) * cfg.supersample,
+        "screen_height": (h + 2 * pad_r) * cfg.supersample,
         "scaling": cfg.scaling * cfg.supersample,
-        "centering_position": list(cfg.centering),
+        # The ego sits at the same pixel of the frame whatever the render pad around it.
+        "centering_position": [(cfg.centering[0] * w + pad_c) / (w + 2 * pad_c),
+                               (cfg.centering[1] * h + pad_r) / (h + 2 * pad_r)],
         "offscreen_rendering": True,
         "show_trajectories": False,
     }
@@ -414,11 +446,14 @@ def render_frame(env, cfg: HighwaySimConfig) -> np.ndarray:
     img = _u(env).render()
     h, w = cfg.image_size
     k = cfg.supersample
-    if img.shape != (h * k, w * k, 3):
-        raise RuntimeError(f"render returned {img.shape}, expected {(h * k, w * k, 3)}; was the env made by make_env?")
+    pad_r, pad_c = cfg.render_pad
+    expected = ((h + 2 * pad_r) * k, (w + 2 * pad_c) * k, 3)
+    if img.shape != expected:
+        raise RuntimeError(f"render returned {img.shape}, expected {expected}; was the env made by make_env?")
     if cfg.heading_up:
         img = _rotate_about(img, -float(_u(env).vehicle.heading),
-                            (cfg.centering[1] * h * k, cfg.centering[0] * w * k))
+                            ((cfg.centering[1] * h + pad_r) * k, (cfg.centering[0] * w + pad_c) * k))
+        img = img[pad_r * k: (pad_r + h) * k, pad_c * k: (pad_c + w) * k]
     if k > 1:
         img = img.reshape(h, k, w, k, 3).astype(np.float32).mean(axis=(1, 3))
         img = np.round(img).astype(np.uint8)
@@ -686,10 +721,13 @@ def record_expert_episode(cfg: HighwaySimConfig, seed: int, steps: int | None = 
 
     observe(0)
     noise = np.random.default_rng([int(seed), 7])
+    spc = cfg.steps_per_chunk
     burst_left, offset = 0, 0.0
     for t in range(steps):
         a = expert_action(env, cfg)
-        if cfg.perturb_steering > 0 and burst_left == 0 and noise.random() < cfg.perturb_rate_hz / cfg.control_hz:
+        in_window = cfg.perturb_window_s <= 0 or (t % spc) >= spc - round(cfg.perturb_window_s * cfg.control_hz)
+        if (cfg.perturb_steering > 0 and burst_left == 0 and noise.random() < cfg.perturb_rate_hz / cfg.control_hz
+                and in_window):
             burst_left = int(round(cfg.perturb_s * cfg.control_hz))
             offset = noise.uniform(-cfg.perturb_steering, cfg.perturb_steering)
         if burst_left > 0:

@@ -192,9 +192,10 @@ class Trainer:
                                    force=force)
 
     # ----- step --------------------------------------------------------------------------------------------
-    def apply(self, params, video, actions, t_video, t_action, guidance, ego=None):
+    def apply(self, params, video, actions, t_video, t_action, guidance, ego=None, blocks=None):
         with sharding.activation_context(self.mesh):     # rules + mesh: activation constraints apply
-            return self.model.apply({"params": params}, video, actions, t_video, t_action, guidance, ego=ego)
+            return self.model.apply({"params": params}, video, actions, t_video, t_action, guidance, ego=ego,
+                                    blocks=blocks)
 
     def _build_step(self):
         tc, flow, frames = self.tc, self.flow, self.wam.latent_frames_per_chunk
