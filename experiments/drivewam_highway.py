@@ -1,10 +1,10 @@
 """DriveWAM on highway-env: the embedded default that `make demo` runs end to end on a CPU.
 
-Data: expert (IDM + MOBIL) clips rendered as 32×128 heading-up ego-centred frames at 5 Hz (`:camera=square`: the
-earlier 64×64), 4-s chunks with 8 waypoints at 2 Hz; pixel blocks (space-to-depth 8, one frame a second), scene-rule intents embedded by the
-word_hash text encoder. Latents: space-to-depth pixel blocks projected on their principal components (a
-linear autoencoder fit on the training frames, scaled to unit variance). Model: a small Wan-architecture DiT
-(3 layers, width 128, 1.3M parameters) trained from scratch.
+Data: expert (IDM + MOBIL) clips rendered as 32×128 heading-up ego-centred frames at 5 Hz (`:camera=square`:
+the earlier 64×64), 4-s chunks with 8 waypoints at 2 Hz; pixel blocks (space-to-depth 8, one frame a second),
+scene-rule intents embedded by the word_hash text encoder. Latents: space-to-depth pixel blocks projected on
+their principal components (a linear autoencoder fit on the training frames, scaled to unit variance). Model:
+a small Wan-architecture DiT (3 layers, width 128, 1.3M parameters) trained from scratch.
 
 Ablations as arguments, e.g. `:guidance=off`, `:memory=selective` (or fifo, full), `:steps=4000`, `:clips=200`,
 `:camera=square`.
@@ -19,8 +19,9 @@ from wam_jax.models.presets import wan_model_config
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, guidance=one_of("on", "off"), memory=one_of("full", "selective"), steps=2000, clips=40, data_dir="out/demo/data", seed=0,
-                    init=one_of("scratch", "wan"), layers=3, camera=one_of("wide", "square"))
+    arg = parse_arg(arg, guidance=one_of("on", "off"), memory=one_of("full", "selective"), steps=2000, clips=40,
+                    data_dir="out/demo/data", seed=0, init=one_of("scratch", "wan"), layers=3,
+                    camera=one_of("wide", "square"))
     c = ml_collections.ConfigDict()
     c.seed = arg.seed
     s2d, stride = 8, 5
@@ -62,8 +63,9 @@ def get_config(arg=None):
     # The paper's sampler (video 3 Euler steps 1 → 0.6, then actions 10 steps 1 → 0), the actions' starting noise
     # at half scale: closed loop on 16 seeds, off-road 0.12 against 0.31 at full scale (docs/RESULTS.md).
     c.sampler = base.sampler(action_noise=0.5)
-    c.memory = base.memory(arg.memory, video_tokens_per_chunk=(20 // stride) * (height // s2d // 2) * (width // s2d // 2),
-                           action_tokens_per_chunk=8, budget_chunks=3, max_chunks=80)
+    video_tokens = (20 // stride) * (height // s2d // 2) * (width // s2d // 2)
+    c.memory = base.memory(arg.memory, video_tokens_per_chunk=video_tokens, action_tokens_per_chunk=8,
+                           budget_chunks=3, max_chunks=80)
     c.rollout = dict(context_chunks=1, chunks=1, video_fps=1.0)
     # Simulator and closed-loop settings shared by dataset building and evaluation (same camera and traffic).
     # heading_up: frames rotate with the ego like a car-mounted camera, so image and waypoints share one frame.
@@ -76,6 +78,6 @@ def get_config(arg=None):
                          intent_source="scene", expert_ade=False, video=True, plots=True, video_episodes=2,
                          workers=0)
     # Expert demonstrations with small steering bursts (noise injection) so the data shows lane recovery.
-    c.dataset = dict(num_clips=arg.clips, num_chunks=5, seed=0, heldout_seed=100000, heldout_clips=4, perturb_steering=0.05,
-                     perturb_rate_hz=0.3, perturb_s=0.6, perturb_window_s=0.0)
+    c.dataset = dict(num_clips=arg.clips, num_chunks=5, seed=0, heldout_seed=100000, heldout_clips=4,
+                     perturb_steering=0.05, perturb_rate_hz=0.3, perturb_s=0.6, perturb_window_s=0.0)
     return c

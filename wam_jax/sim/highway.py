@@ -85,9 +85,9 @@ class HighwaySimConfig:
     # Rotate frames so the ego always points right, like a camera mounted on the car: the image is then in the
     # same frame as the ego-frame waypoints, and a heading off the lane direction shows as tilted lane lines.
     heading_up: bool = False
-    # With heading_up, the scene is rendered this much wider on every side than the frame (as a multiple of its
-    # rotation bound, `rotation_margin_deg`) so that rotating it never pulls the border into the frame: a wide,
-    # short frame (e.g. 32 x 128) tilted by 10 degrees reaches 19 px above and below itself at its far end.
+    # With heading_up, the scene is rendered with a margin around the frame (`render_pad`) wide enough for a tilt
+    # up to this many degrees, so that rotating it never pulls the border into the frame: a wide, short frame
+    # (e.g. 32 x 128) tilted by 10 degrees reaches 19 px above and below itself at its far end.
     rotation_margin_deg: float = 20.0
     # Recorded demonstrations only (noise injection, as in DART): steering bursts push the ego off the lane
     # centre so the data shows the expert recovering; a planner trained on perfectly centred driving never sees
@@ -114,7 +114,8 @@ class HighwaySimConfig:
              f"waypoints_per_chunk={self.waypoints_per_chunk} must equal chunk_s*waypoint_hz={self.chunk_s * self.waypoint_hz}")
         need(len(self.image_size) == 2 and min(self.image_size) > 0, f"image_size={self.image_size} must be (H, W)")
         need(self.supersample >= 1, "supersample must be >= 1")
-        need(0.0 <= self.rotation_margin_deg < 90.0, f"rotation_margin_deg={self.rotation_margin_deg} must lie in [0, 90)")
+        need(0.0 <= self.rotation_margin_deg < 90.0,
+             f"rotation_margin_deg={self.rotation_margin_deg} must lie in [0, 90)")
         need(0.0 <= self.perturb_window_s <= self.chunk_s,
              f"perturb_window_s={self.perturb_window_s} must lie in [0, chunk_s={self.chunk_s}]")
 
