@@ -452,28 +452,32 @@ def render_frame(env, cfg: HighwaySimConfig) -> np.ndarray:
     if img.shape != expected:
         raise RuntimeError(f"render returned {img.shape}, expected {expected}; was the env made by make_env?")
     if cfg.heading_up:
+        # Only the frame's own pixels are rotated; the pad is there to be sampled from.
         img = _rotate_about(img, -float(_u(env).vehicle.heading),
-                            ((cfg.centering[1] * h + pad_r) * k, (cfg.centering[0] * w + pad_c) * k))
-        img = img[pad_r * k: (pad_r + h) * k, pad_c * k: (pad_c + w) * k]
+                            ((cfg.centering[1] * h + pad_r) * k, (cfg.centering[0] * w + pad_c) * k),
+                            (pad_r * k, pad_c * k, h * k, w * k))
     if k > 1:
         img = img.reshape(h, k, w, k, 3).astype(np.float32).mean(axis=(1, 3))
         img = np.round(img).astype(np.uint8)
     return np.ascontiguousarray(img)
 
 
-def _rotate_about(img: np.ndarray, angle: float, center_rc: tuple[float, float]) -> np.ndarray:
+def _rotate_about(img: np.ndarray, angle: float, center_rc: tuple[float, float],
+                  window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Rotates an image [H, W, 3] by `angle` (radians, screen coordinates: x right, y down, positive = the
     direction that turns +x towards +y) about the pixel (row, col) `center_rc`; bilinear, edges padded with the
-    border colour."""
+    border colour. `window` = (row, col, height, width): only that part of the rotated image is computed."""
     from scipy import ndimage
     c, s = math.cos(angle), math.sin(angle)
     # Output pixel (r, q) samples input at centre + R(-angle) · ((r, q) − centre), in (row, col) = (y, x) order.
     matrix = np.array([[c, -s], [s, c]])
     center = np.asarray(center_rc)
-    offset = center - matrix @ center
-    out = np.empty_like(img)
+    r0, q0, h, w = window if window is not None else (0, 0, *img.shape[:2])
+    offset = center - matrix @ (center - np.array([r0, q0]))
+    out = np.empty((h, w, img.shape[2]), img.dtype)
     for ch in range(img.shape[2]):
-        out[..., ch] = ndimage.affine_transform(img[..., ch], matrix, offset=offset, order=1, mode="nearest")
+        out[..., ch] = ndimage.affine_transform(img[..., ch], matrix, offset=offset, output_shape=(h, w), order=1,
+                                                mode="nearest")
     return out
 
 
