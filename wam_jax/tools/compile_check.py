@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 GIB = 1024 ** 3
-# HBM per chip (GiB) by topology generation: v5p as the TPU compiler reports it available in its out-of-memory
-# messages (95.74G); the others are the nominal capacities (v4 32 GiB, v5e 16 GiB, v6e 32 GiB) until an
+# HBM per chip (GiB) by topology generation: v5p and v6e as the TPU compiler reports them available in its
+# out-of-memory messages (95.74G, 31.25G); the others are the nominal capacities (v4 32 GiB, v5e 16 GiB) until an
 # out-of-memory compile reports the compiler's own figure, which then replaces it in the result.
-HBM_GIB = {"v5p": 95.74, "v4": 32.0, "v5e": 16.0, "v5litepod": 16.0, "v6e": 32.0}
+HBM_GIB = {"v5p": 95.74, "v4": 32.0, "v5e": 16.0, "v5litepod": 16.0, "v6e": 31.25}
 # The compiler words it two ways: "Used 150.34G of 95.74G hbm" and "the total memory required for HLO
 # temporaries (97.18G) exceeds available HBM (95.74G)" (the second counts temporaries only).
 _OOM = (re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm"),
