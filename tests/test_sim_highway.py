@@ -237,3 +237,56 @@ def test_noise_injection_window_starts_bursts_only_near_each_chunk_end():
     noisy = hw.record_expert_episode(windowed, 3, steps=100, render=False)
     first = int(np.argmax(np.abs(noisy.actions[:, 1] - clean.actions[:, 1]) > 1e-6))
     assert first > 0 and first % base.steps_per_chunk >= base.steps_per_chunk - 10   # the last second of a chunk
+
+
+def test_recovery_burst_pushes_only_the_end_of_the_first_chunk():
+    base = hw.HighwaySimConfig(duration_s=12.0)
+    pushed = dataclasses.replace(base, recovery_steering=0.15, perturb_s=0.6, recovery_lead_s=0.4)
+    with pytest.raises(ValueError, match="recovery_lead_s"):
+        dataclasses.replace(base, recovery_lead_s=3.8)
+    clean = hw.record_expert_episode(base, 3, steps=80, render=False)
+    noisy = hw.record_expert_episode(pushed, 3, steps=80, render=False)
+    changed = np.flatnonzero(np.abs(noisy.actions[:, 1] - clean.actions[:, 1]) > 1e-6)
+    spc = base.steps_per_chunk                                  # 40 steps: the burst covers steps 30 ... 35
+    assert changed[0] == spc - 10 and np.array_equal(noisy.poses[:spc - 9], clean.poses[:spc - 9])
+    offset = noisy.actions[spc - 10, 1] - clean.actions[spc - 10, 1]
+    assert 0.075 - 1e-6 <= abs(offset) <= 0.15 + 1e-6           # magnitude in [max / 2, max]
+    heading = np.degrees(np.abs(noisy.poses[spc - 4:spc + 1, 2] - clean.poses[spc - 4:spc + 1, 2]))
+    assert heading.max() > 2.0                                  # the first chunk ends tilted ...
+    assert abs(noisy.poses[-1, 2]) < math.radians(2.0)          # ... and the expert recovers in the next
+
+
+def test_fast_road_drives_every_vehicle_exactly_as_highway_env_does():
+    # The per-step lane cache and the collision pre-filter (sim/fast_road.py) against highway-env's own loops:
+    # every vehicle's position, speed and crash flag, bit for bit, on expert driving and on a full-throttle ego
+    # that rear-ends the traffic (the collision path).
+    from highway_env.road.road import Road
+
+    from wam_jax.sim import fast_road
+
+    assert Road.step is fast_road.step and Road.neighbour_vehicles is fast_road.neighbour_vehicles
+    cfg = hw.HighwaySimConfig(duration_s=30.0, vehicles=30)
+
+    def drive(seed, throttle):
+        env = hw.make_env(cfg, seed)
+        states = []
+        for _ in range(150):
+            action = np.array([1.0, 0.0], np.float32) if throttle else hw.expert_action(env, cfg)
+            env.step(action)
+            road = env.unwrapped.road
+            states.append([(*v.position, v.heading, v.speed, v.crashed) for v in road.vehicles])
+            if env.unwrapped.vehicle.crashed:
+                break
+        env.close()
+        return np.array(states)
+
+    runs = [(1, False), (2, False), (0, True)]
+    fast = [drive(*r) for r in runs]
+    fast_road.uninstall()
+    try:
+        slow = [drive(*r) for r in runs]
+    finally:
+        assert fast_road.install()
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a, b)
+    assert fast[2][-1, 0, 4] == 1.0 and len(fast[2]) < 150       # the throttle run did crash

@@ -41,7 +41,8 @@ def build_dataset(config, name: str, clips: int, seed: int, path: str) -> str:
     from data_pipelines.sources.highway import HighwayConfig, WamHighway
     from wam_jax.experiment import Experiment
     ds = config.dataset
-    sim = dataclasses.replace(Experiment(config).sim, **{k: v for k, v in ds.items() if k.startswith("perturb_")})
+    noise = {k: v for k, v in ds.items() if k.startswith(("perturb_", "recovery_"))}
+    sim = dataclasses.replace(Experiment(config).sim, **noise)
     cfg = HighwayConfig(name=f"demo_{name}", num_clips=clips, seed=seed, num_chunks=ds.num_chunks, sim=sim)
     start = time.perf_counter()
     built = builders.build(WamHighway, cfg, path)

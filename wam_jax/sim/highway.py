@@ -39,6 +39,10 @@ import highway_env  # noqa: F401  (registers the env ids)
 from highway_env.vehicle.behavior import IDMVehicle
 from highway_env.vehicle.kinematics import Vehicle
 
+from wam_jax.sim import fast_road
+
+fast_road.install()   # the same physics, 2x faster (exact; see fast_road.py)
+
 INTENTS = ("keep lane", "change lane left", "change lane right", "slow down")
 """The four driving commands, in a fixed order (index = class id)."""
 
@@ -99,6 +103,12 @@ class HighwaySimConfig:
     # episode start). A chunk's recorded future is then clean except near its own end, while the chunk before it
     # ends pushed off the lane: the pair shows the recovery without teaching random swerves. 0: anywhere.
     perturb_window_s: float = 0.0
+    # One recovery burst per recorded episode: a steering offset of random sign and a magnitude drawn from
+    # [recovery_steering / 2, recovery_steering], held for `perturb_s` and ending `recovery_lead_s` before the end
+    # of the first chunk. The first chunk then ends pushed off the lane (its last frames show the tilt), and the
+    # chunks after it are the expert's own recovery: clean labels, unlike bursts that may fall inside a target.
+    recovery_steering: float = 0.0
+    recovery_lead_s: float = 0.4
 
     def __post_init__(self):
         def need(cond: bool, msg: str):
@@ -118,6 +128,10 @@ class HighwaySimConfig:
              f"rotation_margin_deg={self.rotation_margin_deg} must lie in [0, 90)")
         need(0.0 <= self.perturb_window_s <= self.chunk_s,
              f"perturb_window_s={self.perturb_window_s} must lie in [0, chunk_s={self.chunk_s}]")
+        need(self.recovery_steering >= 0.0 and 0.0 <= self.recovery_lead_s
+             and self.recovery_lead_s + self.perturb_s <= self.chunk_s,
+             f"recovery_steering={self.recovery_steering} must be >= 0 and recovery_lead_s + perturb_s="
+             f"{self.recovery_lead_s + self.perturb_s} must lie in [0, chunk_s={self.chunk_s}]")
 
     @property
     def dt(self) -> float:
@@ -728,8 +742,14 @@ def record_expert_episode(cfg: HighwaySimConfig, seed: int, steps: int | None = 
     noise = np.random.default_rng([int(seed), 7])
     spc = cfg.steps_per_chunk
     burst_left, offset = 0, 0.0
+    burst_s = int(round(cfg.perturb_s * cfg.control_hz))
+    recovery_end = spc - int(round(cfg.recovery_lead_s * cfg.control_hz))
+    recovery = np.random.default_rng([int(seed), 8])      # its own stream: the other bursts stay as they were
+    recovery_offset = recovery.choice([-1.0, 1.0]) * recovery.uniform(0.5, 1.0) * cfg.recovery_steering
     for t in range(steps):
         a = expert_action(env, cfg)
+        if cfg.recovery_steering > 0 and recovery_end - burst_s <= t < recovery_end:
+            a = np.array([a[0], np.clip(a[1] + recovery_offset, -1.0, 1.0)], dtype=a.dtype)
         in_window = cfg.perturb_window_s <= 0 or (t % spc) >= spc - round(cfg.perturb_window_s * cfg.control_hz)
         if (cfg.perturb_steering > 0 and burst_left == 0 and noise.random() < cfg.perturb_rate_hz / cfg.control_hz
                 and in_window):
