@@ -100,6 +100,20 @@ def test_expert_planner_drives_exactly_like_the_recorded_expert():
         assert np.min(np.linalg.norm(result.poses[:, None, :2] - plan[None, : 2, :2], axis=-1), axis=0).max() < 1e-6
 
 
+def test_expert_plans_read_from_its_own_drive_equal_its_simulated_futures(tmp_path):
+    # Shown but not scored, the expert's plans are read from the episode itself (driven one chunk past its end);
+    # with the ADE check on, each is simulated on a copy of the env. Same waypoints, same episode.
+    import dataclasses
+    shown = cl.run_episode(planners.ExpertPlanner(SIM), 2, SIM, dataclasses.replace(FAST, plots=True),
+                           out_dir=str(tmp_path))
+    simulated = cl.run_episode(planners.ExpertPlanner(SIM), 2, SIM, dataclasses.replace(FAST, expert_ade=True))
+    assert os.path.exists(shown.plot) and len(shown.plans) == len(simulated.plans) == 3
+    np.testing.assert_array_equal(shown.poses, simulated.poses)
+    for (t_a, a), (t_b, b) in zip(shown.plans, simulated.plans):
+        assert t_a == t_b
+        np.testing.assert_allclose(a, b, atol=1e-9)
+
+
 def test_bad_plan_and_unknown_planner_are_reported():
     class Broken(_Recorder):
         def plan(self, obs):

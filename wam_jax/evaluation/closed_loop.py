@@ -125,6 +125,9 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
     reads_frames = bool(getattr(planner, "reads_frames", True))
     # A planner that drives with its own actions is asked for a plan only when something shows or scores it.
     wants_plan = not drives_directly or record_video or (cfg.plots and out_dir is not None) or cfg.expert_ade
+    # ... and when only shown, its plan at a replan is its own driven future: read from the poses after the
+    # episode (driven one chunk further, unscored) instead of simulating each future on a copy of the env.
+    driven_plans = drives_directly and wants_plan and not need_future
 
     if env is None:
         env = hw.make_env(sim_cfg, seed)
@@ -136,10 +139,10 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
     state = hw.ego_state(env)
     poses, speeds = [state.pose], [state.speed]
     frames = collections.deque(maxlen=cfg.history_frames)
-    video_frames = []
+    video_frames = []                  # (frame, ego pose, index of the plan in force or -1)
     plans: list[tuple[float, np.ndarray]] = []
+    replans: list[int] = []            # the steps at which driven_plans are read out
     ades: list[float] = []
-    plan_world = None
     plan_step = 0
     progress = 0.0
     off_road = ttc_bad = crashed = False
@@ -153,7 +156,9 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
             frames.append(frame)
         if record_video:
             frame = hw.render_frame(env, sim_cfg) if frame is None else frame
-        if scored and wants_plan and (t - warmup) % replan_every == 0:
+        if scored and driven_plans and (t - warmup) % replan_every == 0:
+            replans.append(t)
+        elif scored and wants_plan and (t - warmup) % replan_every == 0:
             pose = state.pose
             future = future_ego = None
             if need_future:
@@ -176,12 +181,11 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
                                  f"{np.all(np.isfinite(plan))}); expected finite [{sim_cfg.waypoints_per_chunk}, 3]")
             if future_ego is not None and cfg.expert_ade:
                 ades.append(scores.plan_ade(plan, future_ego))
-            plan_world = hw.world_from_ego(plan, pose)
-            plans.append(((t - warmup) * dt, plan_world))
+            plans.append(((t - warmup) * dt, hw.world_from_ego(plan, pose)))
             tracker.set_plan(plan, sim_cfg.waypoint_times, pose, state.speed)
             plan_step = t
         if record_video:
-            video_frames.append(_overlay(frame, plan_world, state.pose, sim_cfg, cfg.video_scale))
+            video_frames.append((frame, state.pose, max(len(plans), len(replans)) - 1))
 
         if drives_directly or not scored:
             action = hw.expert_action(env, sim_cfg)
@@ -204,6 +208,8 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
         if state.crashed:
             crashed = True
             break
+    if replans:
+        plans = _driven_plans(env, sim_cfg, poses, replans, warmup, crashed)
     poses_arr, speeds_arr = np.array(poses[warmup:]), np.array(speeds[warmup:])
     checks = scores.comfort_ok(scores.comfort_signals(poses_arr, speeds_arr, dt))
     result = EpisodeResult(
@@ -215,14 +221,33 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
         os.makedirs(out_dir, exist_ok=True)
         stem = os.path.join(out_dir, f"{planner.name}_seed{seed}")
         if record_video and video_frames:
-            if crashed:  # show the crash itself
-                video_frames.append(_overlay(hw.render_frame(env, sim_cfg), plan_world, state.pose, sim_cfg,
-                                             cfg.video_scale))
-            video_io.write_video(stem + ".mp4", np.stack(video_frames), fps=sim_cfg.control_hz)
+            if crashed:  # show the crash itself (the env has not moved on: a crashed episode is not extended)
+                video_frames.append((hw.render_frame(env, sim_cfg), state.pose, video_frames[-1][2]))
+            video_io.write_video(stem + ".mp4", np.stack([
+                _overlay(f, plans[i][1] if i >= 0 else None, p, sim_cfg, cfg.video_scale)
+                for f, p, i in video_frames]), fps=sim_cfg.control_hz)
             result.video = stem + ".mp4"
         if cfg.plots:
             result.plot = plot_episode(stem + ".png", result, env)
     return result
+
+
+def _driven_plans(env, sim_cfg: hw.HighwaySimConfig, poses: list, replans: list[int], warmup: int,
+                  crashed: bool) -> list[tuple[float, np.ndarray]]:
+    """The plans of an expert-driven episode: at each replan step its own next waypoints (world poses), as
+    `hw.expert_future` would simulate them on a copy of the env. Drives the expert one chunk past the end
+    (unless it crashed; a terminated future holds its last pose, as `expert_future` does)."""
+    future = list(poses)
+    if not crashed:
+        for _ in range(sim_cfg.steps_per_chunk):
+            _, _, terminated, _, _ = env.step(hw.expert_action(env, sim_cfg))
+            future.append(hw.ego_pose(env))
+            if terminated:
+                break
+    k = sim_cfg.steps_per_waypoint
+    offsets = k * np.arange(1, sim_cfg.waypoints_per_chunk + 1)
+    return [((t - warmup) * sim_cfg.dt, np.array([future[min(t + o, len(future) - 1)] for o in offsets]))
+            for t in replans]
 
 
 # ----------------------------------------------------------------------------------------------------------------
