@@ -1,10 +1,11 @@
 """DriveWAM on highway-env: the embedded default that `make demo` runs end to end on a CPU.
 
 Data: 160 expert (IDM + MOBIL) clips of 20 s (closed-loop PDMS 0.88 against 0.71 with 40, docs/RESULTS.md),
-rendered as 32×128 heading-up ego-centred frames at 5 Hz (`:camera=square`: the earlier 64×64), 4-s chunks with 8 waypoints at 2 Hz; pixel blocks (space-to-depth 8, one frame a second),
-scene-rule intents embedded by the word_hash text encoder. Latents: space-to-depth pixel blocks projected on
-their principal components (a linear autoencoder fit on the training frames, scaled to unit variance). Model:
-a small Wan-architecture DiT (3 layers, width 128, 1.3M parameters) trained from scratch.
+rendered as 32×128 heading-up ego-centred frames at 5 Hz (`:camera=square`: the earlier 64×64), 4-s chunks
+with 8 waypoints at 2 Hz; pixel blocks (space-to-depth 8, one frame a second), scene-rule intents embedded by
+the word_hash text encoder. Latents: space-to-depth pixel blocks projected on their principal components (a
+linear autoencoder fit on the training frames, scaled to unit variance). Model: a small Wan-architecture DiT
+(3 layers, width 128, 1.3M parameters) trained from scratch.
 
 Ablations as arguments, e.g. `:guidance=off`, `:memory=selective` (or fifo, full), `:steps=4000`, `:clips=200`,
 `:camera=square`, `:recovery=0.15` (a recovery burst per clip).
