@@ -264,6 +264,8 @@ def test_fast_road_drives_every_vehicle_exactly_as_highway_env_does():
 
     from wam_jax.sim import fast_road
 
+    if not fast_road.reproducible():
+        pytest.skip("this highway-env's Road differs from the 1.12.1 methods fast_road reproduces: not installed")
     assert Road.step is fast_road.step and Road.neighbour_vehicles is fast_road.neighbour_vehicles
     cfg = hw.HighwaySimConfig(duration_s=30.0, vehicles=30)
 

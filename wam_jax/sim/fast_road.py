@@ -104,9 +104,17 @@ def step(self: Road, dt: float) -> None:
             vehicle.handle_collisions(other, dt)
 
 
+def reproducible() -> bool:
+    """Whether the installed highway-env's `Road` methods are the ones this module reproduces."""
+    try:
+        return all(source_hash(ORIGINAL[name]) == KNOWN_SOURCE[name] for name in ORIGINAL)
+    except (OSError, TypeError):        # no source to read (e.g. a frozen install)
+        return False
+
+
 def install() -> bool:
     """Replaces the `Road` methods if they are the ones this module reproduces; returns whether it did."""
-    if any(source_hash(ORIGINAL[name]) != KNOWN_SOURCE[name] for name in ORIGINAL):
+    if not reproducible():
         return False
     Road.neighbour_vehicles = neighbour_vehicles
     Road.step = step
