@@ -742,13 +742,13 @@ def record_expert_episode(cfg: HighwaySimConfig, seed: int, steps: int | None = 
     noise = np.random.default_rng([int(seed), 7])
     spc = cfg.steps_per_chunk
     burst_left, offset = 0, 0.0
-    burst_s = int(round(cfg.perturb_s * cfg.control_hz))
+    recovery_steps = int(round(cfg.perturb_s * cfg.control_hz))
     recovery_end = spc - int(round(cfg.recovery_lead_s * cfg.control_hz))
     recovery = np.random.default_rng([int(seed), 8])      # its own stream: the other bursts stay as they were
     recovery_offset = recovery.choice([-1.0, 1.0]) * recovery.uniform(0.5, 1.0) * cfg.recovery_steering
     for t in range(steps):
         a = expert_action(env, cfg)
-        if cfg.recovery_steering > 0 and recovery_end - burst_s <= t < recovery_end:
+        if cfg.recovery_steering > 0 and recovery_end - recovery_steps <= t < recovery_end:
             a = np.array([a[0], np.clip(a[1] + recovery_offset, -1.0, 1.0)], dtype=a.dtype)
         in_window = cfg.perturb_window_s <= 0 or (t % spc) >= spc - round(cfg.perturb_window_s * cfg.control_hz)
         if (cfg.perturb_steering > 0 and burst_left == 0 and noise.random() < cfg.perturb_rate_hz / cfg.control_hz
