@@ -156,9 +156,10 @@ def run_episode(planner: Planner, seed: int, sim_cfg: hw.HighwaySimConfig, cfg: 
             frames.append(frame)
         if record_video:
             frame = hw.render_frame(env, sim_cfg) if frame is None else frame
-        if scored and driven_plans and (t - warmup) % replan_every == 0:
+        replan = scored and wants_plan and (t - warmup) % replan_every == 0
+        if replan and driven_plans:
             replans.append(t)
-        elif scored and wants_plan and (t - warmup) % replan_every == 0:
+        elif replan:
             pose = state.pose
             future = future_ego = None
             if need_future:

@@ -83,11 +83,10 @@ def neighbour_vehicles(self: Road, vehicle, lane_index=None):
 
 def step(self: Road, dt: float) -> None:
     """`Road.step`: every vehicle moves, then collisions, checking only the pairs that can touch."""
-    self.__dict__.pop(_CACHE, None)
     vehicles = self.vehicles
     for vehicle in vehicles:
         vehicle.step(dt)
-    self.__dict__.pop(_CACHE, None)
+    self.__dict__.pop(_CACHE, None)     # the vehicles moved: every lane's occupancy is stale
     pos = np.array([v.position for v in vehicles], dtype=np.float64).reshape(-1, 2)
     half = np.array([v.diagonal for v in vehicles], dtype=np.float64) / 2
     reach = np.array([abs(v.speed) for v in vehicles], dtype=np.float64) * abs(dt)

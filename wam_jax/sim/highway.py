@@ -717,6 +717,11 @@ class EpisodeRecord:
         return intent_from_future(self.chunk_waypoints(start, cfg), float(self.speeds[start]), cfg)
 
 
+def _steer(action: np.ndarray, offset: float) -> np.ndarray:
+    """The normalised action with `offset` added to its steering, clamped to [-1, 1] (noise injection)."""
+    return np.array([action[0], np.clip(action[1] + offset, -1.0, 1.0)], dtype=action.dtype)
+
+
 def record_expert_episode(cfg: HighwaySimConfig, seed: int, steps: int | None = None,
                           render: bool = True, env: gym.Env | None = None) -> EpisodeRecord:
     """Drives the expert for `steps` control steps (default: the whole `duration_s`) from a `seed` reset.
@@ -749,14 +754,14 @@ def record_expert_episode(cfg: HighwaySimConfig, seed: int, steps: int | None = 
     for t in range(steps):
         a = expert_action(env, cfg)
         if cfg.recovery_steering > 0 and recovery_end - recovery_steps <= t < recovery_end:
-            a = np.array([a[0], np.clip(a[1] + recovery_offset, -1.0, 1.0)], dtype=a.dtype)
+            a = _steer(a, recovery_offset)
         in_window = cfg.perturb_window_s <= 0 or (t % spc) >= spc - round(cfg.perturb_window_s * cfg.control_hz)
         if (cfg.perturb_steering > 0 and burst_left == 0 and noise.random() < cfg.perturb_rate_hz / cfg.control_hz
                 and in_window):
             burst_left = int(round(cfg.perturb_s * cfg.control_hz))
             offset = noise.uniform(-cfg.perturb_steering, cfg.perturb_steering)
         if burst_left > 0:
-            a = np.array([a[0], np.clip(a[1] + offset, -1.0, 1.0)], dtype=a.dtype)
+            a = _steer(a, offset)
             burst_left -= 1
         _, _, terminated, truncated, _ = env.step(a)
         actions.append(a)
