@@ -2,8 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Tests pin JAX to CPU so a GPU machine runs the same suite CI runs.
-TEST_ENV := JAX_PLATFORMS=cpu
+# Tests pin JAX to CPU so a GPU machine runs the same suite CI runs. XLA:CPU's large per-step buffers on
+# transparent huge pages (`python -m wam_jax` sets this itself: wam_jax/tools/hugepages.py; glibc < 2.35
+# ignores it).
+TEST_ENV := JAX_PLATFORMS=cpu GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 
 .PHONY: install test demo clean
 
