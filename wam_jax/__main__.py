@@ -47,5 +47,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     from wam_jax.tools.hugepages import reexec_with_hugepages
-    reexec_with_hugepages()       # XLA:CPU's step buffers on huge pages: ~1.3× faster on CPU (see that module)
+    reexec_with_hugepages()       # XLA:CPU's step buffers on huge pages (see that module)
     sys.exit(main())
