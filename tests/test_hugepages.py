@@ -66,7 +66,7 @@ def test_thp_mode_parses_the_bracketed_entry(tmp_path, monkeypatch):
 
 
 def test_cli_runs_through_the_reexec():
-    """`python -m wam_jax` on this machine (re-executed or not) still answers, and its children see the env."""
+    """`python -m wam_jax` on this machine (re-executed or not) still answers."""
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     out = subprocess.run([sys.executable, "-m", "wam_jax", "--help"], capture_output=True, text=True, env=env,
                          timeout=120)

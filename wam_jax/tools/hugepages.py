@@ -2,10 +2,10 @@
 
 XLA:CPU takes each execution's temporaries from malloc in one block (about 250 MB for the demo's training step).
 Above glibc's mmap threshold (at most 32 MB) every such block is a fresh mmap, and its 4 KB pages are faulted in
-one by one: about 45 000 page faults a training step, a fifth of the step's CPU time spent in the kernel.
+one by one: about 45 000 page faults a training step, about a quarter of the CPU time spent in the kernel.
 glibc's tunable `glibc.malloc.hugetlb=1` (glibc ≥ 2.35) madvises those blocks for transparent huge pages, so
-they fault in 2 MB at a time: the demo's 2000 training steps took 421 s instead of 611 s (docs/PERFORMANCE.md). Results do not change:
-only where the memory comes from does.
+they fault in 2 MB at a time: the demo's 2000 training steps took 421 s instead of 611 s (docs/PERFORMANCE.md).
+Results do not change: only where the memory comes from does.
 
 glibc reads tunables once, at process start, so `python -m wam_jax` re-executes itself with the tunable set when
 it would help (Linux with glibc ≥ 2.35, the kernel's THP mode `madvise`) and it is not set yet. Child processes
